@@ -1,0 +1,9 @@
+"""lmm_jax: linear mixed models (ML/REML with lme4's semantics) on JAX."""
+
+from . import _config  # noqa: F401  (enables float64)
+from . import datasets as datasets
+from .design import DataError as DataError
+from .formula import FormulaError as FormulaError
+from .model import Model as Model
+
+__version__ = "0.1.0"

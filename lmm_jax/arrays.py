@@ -1,0 +1,72 @@
+"""The model's arrays as a JAX pytree, with the static shape information kept apart.
+
+`ModelArrays` holds what a fit reads (y, X, prior weights, and per random term the
+level code and model-matrix row of every observation). `ModelShape` holds what a
+compiled program is specialised on (numbers of levels, term dimensions, structures,
+REML or ML); it is hashable so that it can be a static argument of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .structures import CovarianceStructure
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Static description of a model: term sizes, their structures and the criterion."""
+
+    n_levels: tuple[int, ...]
+    structures: tuple[CovarianceStructure, ...]
+    reml: bool
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(s.dim for s in self.structures)
+
+    @property
+    def n_theta(self) -> int:
+        return sum(s.n_params for s in self.structures)
+
+    def theta_slices(self) -> list[slice]:
+        out, start = [], 0
+        for s in self.structures:
+            out.append(slice(start, start + s.n_params))
+            start += s.n_params
+        return out
+
+    def initial_theta(self) -> np.ndarray:
+        return np.concatenate([s.initial_params() for s in self.structures])
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ModelArrays:
+    """y (n,), X (n, p), prior weights (n,), per term: codes (n,) and values (n, p_k)."""
+
+    y: jnp.ndarray
+    X: jnp.ndarray
+    weights: jnp.ndarray
+    codes: tuple[jnp.ndarray, ...]
+    values: tuple[jnp.ndarray, ...]
+
+
+def relative_factors(theta: jnp.ndarray, shape: ModelShape) -> list[jnp.ndarray]:
+    """θ -> [Λ_1, ..., Λ_K], each term's relative covariance factor."""
+    return [s.relative_factor(theta[sl]) for s, sl in zip(shape.structures, shape.theta_slices())]
+
+
+def canonical_theta(theta: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
+    """θ with each term in its structure's canonical form (lme4: non-negative diagonals)."""
+    return jnp.concatenate([s.canonicalize(theta[sl])
+                            for s, sl in zip(shape.structures, shape.theta_slices())])
+
+
+def bounded_mask(shape: ModelShape) -> np.ndarray:
+    """True for θ entries with a lower bound of 0 (variances' factors: lme4's isSingular checks these)."""
+    return np.concatenate([s.lower_bounded() for s in shape.structures])

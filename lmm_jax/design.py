@@ -1,0 +1,311 @@
+"""Host-side model construction: formula + data -> the arrays of y = Xβ + Zα + ε.
+
+Everything here is numpy/pandas/formulaic work done once per model. It checks the
+input (columns present, missing values, one-level factors, rank deficiency) and
+returns a `Design` of plain arrays plus the names needed to report results. The
+random-effects matrix Z is never formed: each term keeps, per row, the index of its
+level (`codes`) and the row of its own small model matrix (`values`, n x p_k).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import formulaic
+import numpy as np
+import pandas as pd
+
+from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
+from .structures import CholeskyFactor, CovarianceStructure
+
+RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
+
+
+class DataError(ValueError):
+    """Input data that cannot be fitted; the message names the column, level or term."""
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effect term after expansion, with its per-row level codes and values.
+
+    `name` is lme4's VarCorr group name ("Subject", "Subject.1" for a second term on the
+    same factor); `group` is the grouping factor's name ("Subject", "cask:batch").
+    """
+
+    name: str
+    group: str
+    spec: RandomTermSpec
+    levels: tuple[str, ...]
+    codes: np.ndarray
+    values: np.ndarray
+    column_names: tuple[str, ...]
+    structure: CovarianceStructure
+    model_spec: object = field(repr=False, compare=False)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    @property
+    def dim(self) -> int:
+        return len(self.column_names)
+
+
+@dataclass(frozen=True)
+class Design:
+    """The model's arrays and names, built once on the host."""
+
+    formula: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    fixed_names: tuple[str, ...]
+    terms: tuple[RandomTerm, ...]
+    weights: np.ndarray
+    n_dropped: int
+    fixed_spec: object = field(repr=False, compare=False)
+    dropped_columns: tuple[str, ...] = ()
+    row_index: pd.Index = field(default=None, repr=False, compare=False)
+
+    @property
+    def nobs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_fixed(self) -> int:
+        return int(self.X.shape[1])
+
+
+def build_design(formula: str, data, weights=None) -> Design:
+    """Parse `formula`, check `data` and build the design (host side, once per model)."""
+    parsed = parse_formula(formula)
+    frame = _as_frame(data)
+    used = _used_columns(parsed, frame)
+    frame, n_dropped = _drop_missing(frame, used, weights)
+    prior_weights = _prior_weights(weights, frame)
+    terms = _random_terms(parsed, frame)
+    y, X, names, spec = _fixed_part(parsed, frame)
+    X, names, dropped = _drop_rank_deficient(X, names)
+    _check_sizes(terms, y.shape[0], parsed)
+    return Design(parsed, y, X, tuple(names), tuple(terms), prior_weights, n_dropped, spec,
+                  tuple(dropped), frame.index)
+
+
+def _as_frame(data) -> pd.DataFrame:
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, dict):
+        try:
+            return pd.DataFrame({key: np.asarray(value) for key, value in data.items()})
+        except ValueError as error:
+            raise DataError(f"the columns of `data` must all have the same length: {error}") from None
+    raise DataError(f"data must be a pandas DataFrame or a dict of arrays, got {type(data).__name__}")
+
+
+def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
+    """The data columns the formula needs; a missing one is an error naming the term."""
+    needed: dict[str, str] = {}
+    try:
+        fixed_vars = formulaic.Formula(parsed.fixed).required_variables
+    except Exception as error:  # formulaic's parse errors
+        raise FormulaError(f"cannot parse the fixed part {parsed.fixed!r}: {error}") from None
+    for var in sorted(fixed_vars):
+        needed.setdefault(var, f"fixed part {parsed.fixed!r}")
+    for spec in parsed.random:
+        try:
+            expr_vars = formulaic.Formula(spec.expr).required_variables
+        except Exception as error:
+            raise FormulaError(f"cannot parse {spec.expr!r} in random term {spec.source!r}: {error}") from None
+        for var in sorted(expr_vars) + list(spec.factors):
+            needed.setdefault(var, f"random term {spec.source!r}")
+    for var, where in needed.items():
+        if var not in frame.columns:
+            raise DataError(f"column {var!r} (used in {where}) is not in the data; "
+                            f"columns are: {', '.join(map(str, frame.columns))}")
+    return list(needed)
+
+
+def _drop_missing(frame: pd.DataFrame, used: list[str], weights) -> tuple[pd.DataFrame, int]:
+    """Keep the used columns of rows without missing values (a new frame; the caller's is untouched)."""
+    sub = frame.loc[:, used].copy()
+    missing = sub.isna()
+    if weights is not None and not isinstance(weights, str):
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (len(frame),):
+            raise DataError(f"weights must have one value per row ({len(frame)}), got shape {w.shape}")
+        missing = missing.assign(__weights__=np.isnan(w))
+        sub["__weights__"] = w
+    elif isinstance(weights, str):
+        if weights not in frame.columns:
+            raise DataError(f"weights column {weights!r} is not in the data")
+        sub["__weights__"] = frame[weights].to_numpy(dtype=float)
+        missing = missing.assign(__weights__=sub["__weights__"].isna())
+    bad_rows = missing.any(axis=1).to_numpy()
+    n_dropped = int(bad_rows.sum())
+    if n_dropped:
+        counts = {col: int(n) for col, n in missing.sum().items() if n}
+        detail = ", ".join(f"{col} ({n})" for col, n in counts.items())
+        warnings.warn(f"dropped {n_dropped} of {len(frame)} rows with missing values in: {detail}",
+                      stacklevel=4)
+        sub = sub.loc[~bad_rows]
+    if len(sub) == 0:
+        raise DataError("no rows left after dropping rows with missing values")
+    return sub, n_dropped
+
+
+def _prior_weights(weights, frame: pd.DataFrame) -> np.ndarray:
+    if weights is None:
+        return np.ones(len(frame))
+    w = frame["__weights__"].to_numpy(dtype=float)
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise DataError("prior weights must be finite and positive")
+    return w
+
+
+def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame) -> list[RandomTerm]:
+    """Build each random term, ordered as lme4 orders them (decreasing number of levels)."""
+    built = []
+    for spec in parsed.random:
+        levels, codes = _grouping_codes(spec, frame)
+        values, columns, model_spec = _term_matrix(spec, frame)
+        structure = CholeskyFactor(len(columns))
+        built.append((spec, levels, codes, values, columns, structure, model_spec))
+    built.sort(key=lambda item: -len(item[1]))  # stable: ties keep formula order
+    seen: dict[str, int] = {}
+    terms = []
+    for spec, levels, codes, values, columns, structure, model_spec in built:
+        group = spec.group_name
+        count = seen.get(group, 0)
+        seen[group] = count + 1
+        name = group if count == 0 else f"{group}.{count}"
+        terms.append(RandomTerm(name, group, spec, levels, codes, values, columns, structure,
+                                model_spec))
+    return terms
+
+
+def _grouping_codes(spec: RandomTermSpec, frame: pd.DataFrame) -> tuple[tuple[str, ...], np.ndarray]:
+    """Level labels ('a:A' for an interaction) and per-row integer codes of a grouping factor."""
+    per_factor = [_factor_codes(frame[name]) for name in spec.factors]
+    combined = np.zeros(len(frame), dtype=np.int64)
+    for labels, codes in per_factor:
+        combined = combined * len(labels) + codes
+    used, codes = np.unique(combined, return_inverse=True)
+    labels = []
+    for key in used:
+        parts = []
+        for labels_k, _ in reversed(per_factor):
+            key, index = divmod(int(key), len(labels_k))
+            parts.append(labels_k[index])
+        labels.append(":".join(reversed(parts)))
+    if len(labels) < 2:
+        raise DataError(
+            f"grouping factor {spec.group_name!r} in random term {spec.source!r} has only one level "
+            f"({labels[0]!r}) in the data used; a random effect needs at least 2 levels")
+    return tuple(labels), codes.astype(np.int32)
+
+
+def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
+    """Sorted levels (category order for a Categorical, else sorted values) and codes."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.cat.remove_unused_categories()
+        return [str(c) for c in column.cat.categories], column.cat.codes.to_numpy()
+    values = column.to_numpy()
+    if values.dtype.kind == "f" and np.all(values == np.round(values)):
+        values = values.astype(np.int64)
+    if values.dtype.kind in "iub":
+        uniques, codes = np.unique(values, return_inverse=True)
+        return [str(u) for u in uniques], codes
+    strings = np.asarray([str(v) for v in values], dtype=object)
+    uniques, codes = np.unique(strings, return_inverse=True)
+    return [str(u) for u in uniques], codes
+
+
+def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame):
+    try:
+        matrix = formulaic.model_matrix(spec.expr, frame, na_action="raise")
+    except Exception as error:
+        raise FormulaError(f"cannot build the model matrix of {spec.expr!r} in random term "
+                           f"{spec.source!r}: {error}") from None
+    columns = tuple(_lme4_name(c) for c in matrix.columns)
+    if not columns:
+        raise FormulaError(f"random term {spec.source!r} has no columns (an empty left-hand side)")
+    values = np.asarray(matrix, dtype=float)
+    _check_finite(values, columns, f"random term {spec.source!r}")
+    return values, columns, matrix.model_spec
+
+
+def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame):
+    _check_factor_levels(parsed.fixed, frame)
+    try:
+        matrices = formulaic.model_matrix(parsed.fixed, frame, na_action="raise")
+    except Exception as error:
+        raise FormulaError(f"cannot build the fixed-effects model matrix of {parsed.fixed!r}: {error}") from None
+    lhs = matrices.lhs
+    if lhs.shape[1] != 1:
+        raise FormulaError(f"the response {parsed.response!r} must be one numeric column, "
+                           f"got {lhs.shape[1]} columns {list(lhs.columns)}")
+    y = np.asarray(lhs, dtype=float)[:, 0]
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"the response {parsed.response!r} has non-finite values (inf, or NaN after a transform)")
+    X = np.asarray(matrices.rhs, dtype=float)
+    names = [_lme4_name(c) for c in matrices.rhs.columns]
+    _check_finite(X, names, f"fixed part {parsed.fixed!r}")
+    return y, X, names, matrices.rhs.model_spec
+
+
+def _check_factor_levels(fixed: str, frame: pd.DataFrame) -> None:
+    """A text/categorical column used as a factor needs two levels (contrasts are undefined otherwise)."""
+    for var in formulaic.Formula(fixed).rhs.required_variables:
+        column = frame[var]
+        is_factor = column.dtype.kind in "OSUb" or isinstance(column.dtype, pd.CategoricalDtype) \
+            or pd.api.types.is_string_dtype(column.dtype)
+        if is_factor and column.nunique() < 2:
+            raise DataError(f"factor {var!r} in the fixed part {fixed!r} has only one level "
+                            f"({column.iloc[0]!r}) in the data used; drop it from the formula")
+
+
+def _check_finite(matrix: np.ndarray, names, where: str) -> None:
+    bad = ~np.all(np.isfinite(matrix), axis=0)
+    if bad.any():
+        cols = [name for name, b in zip(names, bad) if b]
+        raise DataError(f"non-finite values (inf or NaN) in column(s) {cols} of the {where}")
+
+
+def _lme4_name(column: str) -> str:
+    return "(Intercept)" if column == "Intercept" else str(column)
+
+
+def _drop_rank_deficient(X: np.ndarray, names: list[str]):
+    """Keep columns left to right while they add rank (R's qr with tol 1e-7); warn naming the rest."""
+    kept: list[int] = []
+    basis = np.zeros((X.shape[0], 0))
+    for j in range(X.shape[1]):
+        column = X[:, j]
+        norm = np.linalg.norm(column)
+        residual = column - basis @ (basis.T @ column)
+        if norm > 0 and np.linalg.norm(residual) > RANK_TOLERANCE * norm:
+            basis = np.column_stack([basis, residual / np.linalg.norm(residual)])
+            kept.append(j)
+    dropped = [names[j] for j in range(X.shape[1]) if j not in kept]
+    if dropped:
+        n = len(dropped)
+        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {n} "
+                      f"column{'s' if n > 1 else ''} / coefficient{'s' if n > 1 else ''}: "
+                      f"{', '.join(dropped)}", stacklevel=4)
+    return X[:, kept], [names[j] for j in kept], dropped
+
+
+def _check_sizes(terms: list[RandomTerm], n: int, parsed: ParsedFormula) -> None:
+    """lme4's checks: each factor needs fewer levels than rows, and fewer random effects than rows."""
+    for term in terms:
+        if term.n_levels >= n:
+            raise DataError(
+                f"grouping factor {term.group!r} in {term.spec.source!r} has {term.n_levels} levels "
+                f"for {n} observations; the random effects would be confounded with the residual")
+        q = term.n_levels * term.dim
+        if q >= n:
+            raise DataError(
+                f"number of observations ({n}) <= number of random effects ({q}) for term "
+                f"{term.spec.source!r} in {parsed.text!r}; the random-effects parameters and the "
+                "residual variance are unidentifiable")

@@ -1,0 +1,174 @@
+"""lme4 formula syntax: split `y ~ fixed + (expr | g)` into its fixed and random parts.
+
+The fixed part is left to formulaic; this module only finds the random-effect terms
+(bars), expands the lme4 shorthands and checks that each part is well formed:
+
+- ``(expr | g)``   correlated random effects for the columns of ``expr`` within levels of g;
+- ``(expr || g)``  uncorrelated: one term per formula term of ``expr`` (lme4's ``||``);
+- ``(expr | a/b)`` nested: ``(expr | a) + (expr | b:a)``;
+- ``(expr | a:b)`` the interaction of factors a and b as one grouping factor;
+- ``us(expr | g)``, ``diag(expr | g)`` the same with glmmTMB's structure keywords.
+
+The result is plain data (`ParsedFormula`): everything here is host-side string work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+_KEYWORD_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)?\s*\((.*)\)$", re.S)
+STRUCTURE_KEYWORDS = ("us", "diag")
+
+
+class FormulaError(ValueError):
+    """A formula that cannot be parsed; the message quotes the offending part."""
+
+
+@dataclass(frozen=True)
+class RandomTermSpec:
+    """One random-effect term ``(expr | factor_1:factor_2:...)`` after expansion.
+
+    `expr` is a formulaic right-hand side ("1 + Days", "0 + Machine"); `factors` the
+    variables whose interaction is the grouping factor, in the order of its name;
+    `structure` the covariance keyword ("us": unstructured, lme4's default).
+    """
+
+    expr: str
+    factors: tuple[str, ...]
+    structure: str
+    source: str
+
+    @property
+    def group_name(self) -> str:
+        return ":".join(self.factors)
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into `fixed` (a formulaic formula with the response) and `random` terms."""
+
+    text: str
+    response: str
+    fixed: str
+    random: tuple[RandomTermSpec, ...]
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4-style formula; raise `FormulaError` naming the bad part."""
+    if not isinstance(formula, str):
+        raise FormulaError(f"formula must be a string like 'y ~ x + (1 | g)', got {type(formula).__name__}")
+    _check_parentheses(formula)
+    sides = _split_top_level(formula, "~")
+    if len(sides) != 2 or not sides[0].strip() or not sides[1].strip():
+        raise FormulaError(f"formula {formula!r} must have the form 'response ~ terms'")
+    response, rhs = sides[0].strip(), sides[1].strip()
+    fixed_parts: list[str] = []
+    random_terms: list[RandomTermSpec] = []
+    for chunk in _split_top_level(rhs, "+"):
+        part = chunk.strip()
+        if not part:
+            raise FormulaError(f"formula {formula!r} has an empty term (a doubled or trailing '+')")
+        bar = _random_term(part)
+        if bar is None:
+            if "|" in part:
+                raise FormulaError(
+                    f"term {part!r} in formula {formula!r}: a random-effect term must be "
+                    "written in parentheses, as '(expr | group)'")
+            fixed_parts.append(part)
+        else:
+            random_terms.extend(bar)
+    fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
+    return ParsedFormula(formula, response, f"{response} ~ {fixed_rhs}", tuple(random_terms))
+
+
+def _random_term(part: str) -> list[RandomTermSpec] | None:
+    """The expanded random terms of `part`, or None when `part` is a fixed-effect term."""
+    match = _KEYWORD_CALL.match(part)
+    if match is None:
+        return None
+    keyword, inner = match.group(1), match.group(2)
+    pieces = _split_top_level(inner, "|")
+    if len(pieces) == 1:
+        return None  # a parenthesised fixed-effect expression or a function call
+    if keyword is not None and keyword not in STRUCTURE_KEYWORDS:
+        raise FormulaError(
+            f"random term {part!r}: unknown covariance structure {keyword!r} "
+            f"(supported: {', '.join(STRUCTURE_KEYWORDS)})")
+    if len(pieces) == 3 and pieces[1] == "":
+        expr, group, uncorrelated = pieces[0], pieces[2], True
+    elif len(pieces) == 2:
+        expr, group, uncorrelated = pieces[0], pieces[1], keyword == "diag"
+    else:
+        raise FormulaError(f"random term {part!r} must be '(expr | group)' or '(expr || group)'")
+    expr, group = expr.strip(), group.strip()
+    if not expr:
+        raise FormulaError(f"random term {part!r} has nothing before the bar; write '(1 | g)' for an intercept")
+    if not group:
+        raise FormulaError(f"random term {part!r} has no grouping factor after the bar")
+    exprs = _uncorrelated_exprs(expr, part) if uncorrelated else [expr]
+    return [RandomTermSpec(e, factors, "us", part)
+            for factors in _grouping_factors(group, part) for e in exprs]
+
+
+def _grouping_factors(group: str, part: str) -> list[tuple[str, ...]]:
+    """`a/b/c` -> [(a,), (b, a), (c, b, a)] as lme4 names them ('b:a'); `a:b` -> [(a, b)]."""
+    nested = [piece.strip() for piece in group.split("/")]
+    out: list[tuple[str, ...]] = []
+    outer: tuple[str, ...] = ()
+    for piece in nested:
+        factors = tuple(name.strip() for name in piece.split(":"))
+        for name in factors:
+            if not _NAME.match(name):
+                raise FormulaError(
+                    f"random term {part!r}: grouping factor {name!r} is not a column name")
+        outer = factors + outer
+        out.append(outer)
+    return out
+
+
+def _uncorrelated_exprs(expr: str, part: str) -> list[str]:
+    """lme4's `||`: one term per formula term, the intercept on its own: '1 + x' -> ['1', '0 + x']."""
+    terms = [t.strip() for t in _split_top_level(expr, "+")]
+    intercept = True
+    rest: list[str] = []
+    for term in terms:
+        if term in ("0", "-1") or term.replace(" ", "") in ("-1",):
+            intercept = False
+        elif term == "1":
+            continue
+        elif term.startswith("-"):
+            raise FormulaError(f"random term {part!r}: cannot remove {term!r} inside '||'")
+        else:
+            if term.endswith("- 1") or term.endswith("-1"):
+                intercept = False
+                term = term.rsplit("-", 1)[0].strip()
+            rest.append(term)
+    return (["1"] if intercept else []) + [f"0 + {term}" for term in rest]
+
+
+def _check_parentheses(text: str) -> None:
+    depth = 0
+    for i, char in enumerate(text):
+        depth += char == "("
+        depth -= char == ")"
+        if depth < 0:
+            raise FormulaError(f"formula {text!r} has an unmatched ')' at position {i}")
+    if depth:
+        raise FormulaError(f"formula {text!r} has an unclosed '('")
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    """Split `text` at `sep` characters outside parentheses."""
+    out, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == sep and depth == 0:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out

@@ -1,0 +1,146 @@
+"""`Model`: a design built once on the host, and the fit as a pure jit-compiled function.
+
+    model = Model.from_formula("Reaction ~ Days + (Days | Subject)", data)
+    params = model.fit_params()          # pure JAX: FitParams of arrays
+    result = model.fit()                 # FitResult: lme4-style summaries
+
+The fit minimises the profiled deviance (`likelihood.profiled_deviance`) over θ with a
+damped Newton method using the exact Hessian, starting from lme4's θ₀ (identity
+factors). Afterwards θ is put in canonical form (non-negative diagonals), and factor
+diagonals near zero are tried at exactly zero, with the other parameters re-optimised;
+that boundary point is kept when its deviance is no worse (a singular fit, reported).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _config  # noqa: F401  (float64)
+from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
+from .blocked import blocked_profile, cross_products
+from .design import Design, build_design
+from .likelihood import profiled_deviance, profiled_sigma2
+from .newton import minimize
+
+SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
+BOUNDARY_CANDIDATE = 1e-2  # bounded θ entries below this are tried at exactly zero
+BOUNDARY_SLACK = 1e-8  # deviance increase allowed when moving to the boundary
+
+
+class FitParams(NamedTuple):
+    """The estimates as arrays: a pure function's output, batchable with vmap."""
+
+    theta: jnp.ndarray
+    beta: jnp.ndarray
+    sigma2: jnp.ndarray
+    objective: jnp.ndarray  # deviance (ML) or REML criterion: -2 log-likelihood
+    loglik: jnp.ndarray
+    gradient_norm: jnp.ndarray
+    iterations: jnp.ndarray
+    status: jnp.ndarray
+    singular: jnp.ndarray
+
+
+def make_arrays(design: Design) -> ModelArrays:
+    return ModelArrays(jnp.asarray(design.y), jnp.asarray(design.X), jnp.asarray(design.weights),
+                       tuple(jnp.asarray(t.codes) for t in design.terms),
+                       tuple(jnp.asarray(t.values) for t in design.terms))
+
+
+def make_shape(design: Design, method: str) -> ModelShape:
+    return ModelShape(tuple(t.n_levels for t in design.terms),
+                      tuple(t.structure for t in design.terms), _is_reml(method))
+
+
+def _is_reml(method: str) -> bool:
+    if not isinstance(method, str) or method.upper() not in ("REML", "ML"):
+        raise ValueError(f"method must be 'REML' or 'ML', got {method!r}")
+    return method.upper() == "REML"
+
+
+def deviance_function(arrays: ModelArrays, shape: ModelShape):
+    """θ -> -2ℓ(θ) (ML) or -2ℓ_R(θ) (REML), through the blocked evaluator."""
+    cp = cross_products(arrays, shape)
+    n, p = arrays.X.shape
+
+    def deviance(theta):
+        return profiled_deviance(blocked_profile(theta, cp, shape), n, p, shape.reml)
+
+    return deviance
+
+
+@partial(jax.jit, static_argnames=("shape", "maxiter"))
+def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
+               maxiter: int = 200) -> FitParams:
+    """The whole fit as one pure function of arrays (jit/vmap-able)."""
+    deviance = deviance_function(arrays, shape)
+    first = minimize(deviance, theta0, maxiter=maxiter)
+    theta = canonical_theta(first.x, shape)
+    bounded = jnp.asarray(bounded_mask(shape))
+    candidates = bounded & (jnp.abs(theta) < BOUNDARY_CANDIDATE)
+    second = minimize(deviance, jnp.where(candidates, 0.0, theta), ~candidates, maxiter=maxiter)
+    use_boundary = jnp.any(candidates) & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
+    theta = jnp.where(use_boundary, canonical_theta(second.x, shape), theta)
+    best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
+    n, p = arrays.X.shape
+    profiled = blocked_profile(theta, cross_products(arrays, shape), shape)
+    objective = profiled_deviance(profiled, n, p, shape.reml)
+    singular = jnp.any(bounded & (jnp.abs(theta) < SINGULAR_TOLERANCE))
+    return FitParams(theta, profiled.beta, profiled_sigma2(profiled, n, p, shape.reml), objective,
+                     -0.5 * objective, jnp.max(jnp.abs(best.grad)),
+                     first.iterations + second.iterations, best.status, singular)
+
+
+class Model:
+    """A linear mixed model: its design (host side) and its arrays (device side)."""
+
+    def __init__(self, design: Design, method: str = "REML", data_name: str | None = None):
+        self.design = design
+        self.method = "REML" if _is_reml(method) else "ML"
+        self.shape = make_shape(design, self.method)
+        self.arrays = make_arrays(design)
+        self.data_name = data_name
+
+    @classmethod
+    def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
+                     data_name: str | None = None) -> "Model":
+        """Build the design of `formula` on `data` (a DataFrame or dict of arrays)."""
+        _is_reml(method)
+        return cls(build_design(formula, data, weights), method, data_name)
+
+    def initial_theta(self) -> jnp.ndarray:
+        return jnp.asarray(self.shape.initial_theta())
+
+    def with_arrays(self, y=None, X=None, weights=None) -> ModelArrays:
+        """The model's arrays with y, X or the prior weights replaced (shapes must match)."""
+        arrays = self.arrays
+        replace = {"y": y, "X": X, "weights": weights}
+        for name, value in replace.items():
+            if value is not None:
+                value = jnp.asarray(value)
+                old = getattr(arrays, name)
+                if value.shape != old.shape:
+                    raise ValueError(f"{name} must have shape {old.shape}, got {value.shape}")
+                arrays = ModelArrays(**{**arrays.__dict__, name: value})
+        return arrays
+
+    def deviance(self, theta, y=None):
+        """-2ℓ(θ) or -2ℓ_R(θ) at θ (lme4's `devfun`)."""
+        return deviance_function(self.with_arrays(y), self.shape)(jnp.asarray(theta))
+
+    def fit_params(self, y=None, X=None, weights=None, theta0=None) -> FitParams:
+        """The estimates as a pure function of y (and optionally X, weights): jit/vmap-able."""
+        theta0 = self.initial_theta() if theta0 is None else jnp.asarray(theta0)
+        return fit_arrays(self.with_arrays(y, X, weights), self.shape, theta0)
+
+    def fit(self):
+        """Fit and return a `FitResult` with lme4's summaries."""
+        from .results import FitResult
+
+        params = jax.device_get(self.fit_params())
+        return FitResult(self, params)
