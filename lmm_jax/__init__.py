@@ -2,8 +2,11 @@
 
 from . import _config  # noqa: F401  (enables float64)
 from . import datasets as datasets
+from .api import fit as fit
 from .design import DataError as DataError
 from .formula import FormulaError as FormulaError
+from .model import FitParams as FitParams
 from .model import Model as Model
+from .results import FitResult as FitResult
 
 __version__ = "0.1.0"

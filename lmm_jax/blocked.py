@@ -129,6 +129,14 @@ def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) ->
     return Profiled(logdet_v, logdet_xtvx, rss, beta)
 
 
+def blocked_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> jnp.ndarray:
+    """(X'V₀⁻¹X)⁻¹ = (L_XX L_XX')⁻¹; times σ² it is the covariance of β̂."""
+    factor = blocked_factor(theta, cp, shape)
+    q2, r = rest_size(shape), cp.rtr.shape[0]
+    l_inv = solve_triangular(factor.l22[q2:r - 1, q2:r - 1], jnp.eye(r - 1 - q2), lower=True)
+    return l_inv.T @ l_inv
+
+
 class RandomEffects(NamedTuple):
     """Conditional modes b̂ (one (m_k, p_k) array per term) and, per level, the
     conditional covariance blocks σ²Λ_k (Λ'Z'WZΛ + I)⁻¹_kk Λ_k' (given β̂, as lme4's condVar)."""

@@ -205,14 +205,28 @@ def _grouping_codes(spec: RandomTermSpec, frame: pd.DataFrame) -> tuple[tuple[st
     return tuple(labels), codes.astype(np.int32)
 
 
+def row_labels(frame: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
+    """Per row, the label of its level of the grouping factor `a:b:...` (as in `RandomTerm.levels`)."""
+    parts = [np.asarray([str(v) for v in _label_values(frame[name])], dtype=object) for name in factors]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out + ":" + part
+    return out
+
+
+def _label_values(column: pd.Series):
+    values = column.to_numpy()
+    if values.dtype.kind == "f" and np.all(values == np.round(values)):
+        return values.astype(np.int64)
+    return values
+
+
 def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
     """Sorted levels (category order for a Categorical, else sorted values) and codes."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         column = column.cat.remove_unused_categories()
         return [str(c) for c in column.cat.categories], column.cat.codes.to_numpy()
-    values = column.to_numpy()
-    if values.dtype.kind == "f" and np.all(values == np.round(values)):
-        values = values.astype(np.int64)
+    values = _label_values(column)
     if values.dtype.kind in "iub":
         uniques, codes = np.unique(values, return_inverse=True)
         return [str(u) for u in uniques], codes

@@ -23,6 +23,7 @@ import numpy as np
 from . import _config  # noqa: F401  (float64)
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
 from .blocked import blocked_profile, cross_products
+from .dense import dense_profile
 from .design import Design, build_design
 from .likelihood import profiled_deviance, profiled_sigma2
 from .newton import minimize
@@ -63,22 +64,31 @@ def _is_reml(method: str) -> bool:
     return method.upper() == "REML"
 
 
-def deviance_function(arrays: ModelArrays, shape: ModelShape):
-    """θ -> -2ℓ(θ) (ML) or -2ℓ_R(θ) (REML), through the blocked evaluator."""
+EVALUATORS = ("blocked", "dense")
+
+
+def profile_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked"):
+    """θ -> `Profiled` through the blocked (fast) or the dense (oracle) evaluator."""
+    if evaluator == "dense":
+        return lambda theta: dense_profile(theta, arrays, shape)
+    if evaluator != "blocked":
+        raise ValueError(f"evaluator must be one of {EVALUATORS}, got {evaluator!r}")
     cp = cross_products(arrays, shape)
+    return lambda theta: blocked_profile(theta, cp, shape)
+
+
+def deviance_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked"):
+    """θ -> -2ℓ(θ) (ML) or -2ℓ_R(θ) (REML)."""
+    profile = profile_function(arrays, shape, evaluator)
     n, p = arrays.X.shape
-
-    def deviance(theta):
-        return profiled_deviance(blocked_profile(theta, cp, shape), n, p, shape.reml)
-
-    return deviance
+    return lambda theta: profiled_deviance(profile(theta), n, p, shape.reml)
 
 
-@partial(jax.jit, static_argnames=("shape", "maxiter"))
+@partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))
 def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
-               maxiter: int = 200) -> FitParams:
+               maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
     """The whole fit as one pure function of arrays (jit/vmap-able)."""
-    deviance = deviance_function(arrays, shape)
+    deviance = deviance_function(arrays, shape, evaluator)
     first = minimize(deviance, theta0, maxiter=maxiter)
     theta = canonical_theta(first.x, shape)
     bounded = jnp.asarray(bounded_mask(shape))
@@ -88,7 +98,7 @@ def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
     theta = jnp.where(use_boundary, canonical_theta(second.x, shape), theta)
     best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
     n, p = arrays.X.shape
-    profiled = blocked_profile(theta, cross_products(arrays, shape), shape)
+    profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = profiled_deviance(profiled, n, p, shape.reml)
     singular = jnp.any(bounded & (jnp.abs(theta) < SINGULAR_TOLERANCE))
     return FitParams(theta, profiled.beta, profiled_sigma2(profiled, n, p, shape.reml), objective,
@@ -129,14 +139,15 @@ class Model:
                 arrays = ModelArrays(**{**arrays.__dict__, name: value})
         return arrays
 
-    def deviance(self, theta, y=None):
+    def deviance(self, theta, y=None, evaluator: str = "blocked"):
         """-2ℓ(θ) or -2ℓ_R(θ) at θ (lme4's `devfun`)."""
-        return deviance_function(self.with_arrays(y), self.shape)(jnp.asarray(theta))
+        return deviance_function(self.with_arrays(y), self.shape, evaluator)(jnp.asarray(theta))
 
-    def fit_params(self, y=None, X=None, weights=None, theta0=None) -> FitParams:
+    def fit_params(self, y=None, X=None, weights=None, theta0=None,
+                   evaluator: str = "blocked") -> FitParams:
         """The estimates as a pure function of y (and optionally X, weights): jit/vmap-able."""
         theta0 = self.initial_theta() if theta0 is None else jnp.asarray(theta0)
-        return fit_arrays(self.with_arrays(y, X, weights), self.shape, theta0)
+        return fit_arrays(self.with_arrays(y, X, weights), self.shape, theta0, evaluator=evaluator)
 
     def fit(self):
         """Fit and return a `FitResult` with lme4's summaries."""

@@ -1,0 +1,20 @@
+"""`lmm_jax.fit`: the one-call entry point."""
+
+from __future__ import annotations
+
+from .model import Model
+
+
+def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None):
+    """Fit a linear mixed model written in lme4's formula syntax.
+
+    >>> import lmm_jax
+    >>> result = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", lmm_jax.datasets.load("sleepstudy"))
+    >>> round(result.reml_criterion, 2)
+    1743.63
+
+    `method` is "REML" (default) or "ML"; `data` a DataFrame or a dict of arrays (never
+    modified); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
+    Returns a `FitResult`.
+    """
+    return Model.from_formula(formula, data, method, weights=weights, data_name=data_name).fit()

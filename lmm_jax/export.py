@@ -1,0 +1,50 @@
+"""`FitResult.to_dict()`: the fit as plain JSON-able data, with lme4's meanings.
+
+Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov}, sigma, theta,
+varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
+bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
+singular, ranef {group: {levels, terms, values, cond_sd}}.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def result_to_dict(result) -> dict:
+    modes, cond_sd = result.ranef(), result.ranef(cond_sd=True)
+    return {
+        "formula": result.design.formula.text,
+        "method": result.method,
+        "nobs": result.nobs,
+        "converged": result.converged,
+        "fixed": {
+            "names": list(result.fixef.index),
+            "estimate": _floats(result.fixef),
+            "se": _floats(result.se),
+            "vcov": [_floats(row) for row in result.vcov.to_numpy()],
+        },
+        "sigma": result.sigma,
+        "theta": _floats(result.theta),
+        "varcorr": result.varcorr(),
+        "loglik": result.loglik,
+        "df_model": result.df_model,
+        "aic": result.aic,
+        "bic": result.bic,
+        "deviance": result.deviance,
+        "reml_criterion": result.reml_criterion,
+        "singular": result.singular,
+        "ranef": {
+            group: {
+                "levels": [str(level) for level in frame.index],
+                "terms": list(frame.columns),
+                "values": [_floats(row) for row in frame.to_numpy()],
+                "cond_sd": [_floats(row) for row in cond_sd[group].to_numpy()],
+            }
+            for group, frame in modes.items()
+        },
+    }
+
+
+def _floats(values) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=float)]

@@ -1,0 +1,168 @@
+"""`FitResult`: the estimates of a fitted model with lme4's summaries, computed on the host.
+
+At the estimate θ̂ (with σ̂² = r²/d, d = n - p for REML, n for ML):
+
+    Var(β̂) = σ̂² (X'V₀⁻¹X)⁻¹
+    b̂ = Λû (conditional modes), Var(b | y, β̂) = σ̂² Λ (Λ'Z'WZΛ + I)⁻¹ Λ'  (lme4's condVar)
+    AIC = -2ℓ + 2k,  BIC = -2ℓ + k log n,  k = p + dim(θ) + 1
+
+where ℓ is the log-likelihood for ML fits and the restricted log-likelihood for REML
+fits (lme4's `logLik`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import numpy as np
+import pandas as pd
+
+from .arrays import ModelArrays, ModelShape, relative_factors
+from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
+from .newton import STATUS_MESSAGES
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def _post_fit(arrays: ModelArrays, shape: ModelShape, theta, sigma2):
+    cp = cross_products(arrays, shape)
+    effects = blocked_random_effects(theta, cp, shape, sigma2)
+    fitted = arrays.X @ blocked_profile(theta, cp, shape).beta
+    for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
+        fitted = fitted + (values * modes[codes]).sum(axis=1)
+    covariances = [lam @ lam.T for lam in relative_factors(theta, shape)]
+    return blocked_xtvx_inverse(theta, cp, shape), effects, fitted, covariances
+
+
+class FitResult:
+    """A fitted linear mixed model (lme4's `merMod`)."""
+
+    def __init__(self, model, params):
+        self.model = model
+        self.design = model.design
+        self.params = params
+        self.method = model.method
+        self.theta = np.asarray(params.theta)
+        self.sigma = float(np.sqrt(params.sigma2))
+        xtvx_inv, effects, fitted, rel_cov = jax.device_get(
+            _post_fit(model.arrays, model.shape, params.theta, params.sigma2))
+        names = list(self.design.fixed_names)
+        self.fixef = pd.Series(np.asarray(params.beta), index=names, name="estimate")
+        self.vcov = pd.DataFrame(params.sigma2 * np.asarray(xtvx_inv), index=names, columns=names)
+        self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
+        self.fitted = np.asarray(fitted)
+        self.residuals = self.design.y - self.fitted
+        self._modes = [np.asarray(m) for m in effects.modes]
+        self._cond_cov = [np.asarray(c) for c in effects.cond_cov]
+        self._rel_cov = [np.asarray(c) for c in rel_cov]
+
+    # ----- scalar summaries -------------------------------------------------------
+    @property
+    def nobs(self) -> int:
+        return self.design.nobs
+
+    @property
+    def converged(self) -> bool:
+        return bool(int(self.params.status) <= 1)
+
+    @property
+    def convergence_message(self) -> str:
+        return STATUS_MESSAGES[int(self.params.status)]
+
+    @property
+    def singular(self) -> bool:
+        return bool(self.params.singular)
+
+    @property
+    def objective(self) -> float:
+        """-2ℓ (ML deviance) or -2ℓ_R (REML criterion)."""
+        return float(self.params.objective)
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def df_model(self) -> int:
+        return self.design.n_fixed + len(self.theta) + 1
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2 * self.df_model
+
+    @property
+    def bic(self) -> float:
+        return self.objective + np.log(self.nobs) * self.df_model
+
+    @property
+    def deviance(self) -> float | None:
+        return self.objective if self.method == "ML" else None
+
+    @property
+    def reml_criterion(self) -> float | None:
+        return self.objective if self.method == "REML" else None
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for term in self.design.terms:
+            out.setdefault(term.group, term.n_levels)
+        return out
+
+    # ----- variance components ----------------------------------------------------
+    def varcorr(self) -> list[dict]:
+        """Rows of lme4's `as.data.frame(VarCorr(m))`: per term its variances, then its
+        covariances (lower triangle, column by column), the residual last."""
+        rows = []
+        s2 = self.sigma ** 2
+        for term, rel in zip(self.design.terms, self._rel_cov):
+            cov = s2 * rel
+            sd = np.sqrt(np.diag(cov))
+            names = term.column_names
+            for i in range(term.dim):
+                rows.append(dict(group=term.name, var1=names[i], var2=None, vcov=cov[i, i], sdcor=sd[i]))
+            for j in range(term.dim):
+                for i in range(j + 1, term.dim):
+                    denom = sd[i] * sd[j]
+                    corr = cov[i, j] / denom if denom > 0 else np.nan
+                    rows.append(dict(group=term.name, var1=names[j], var2=names[i], vcov=cov[i, j],
+                                     sdcor=corr))
+        rows.append(dict(group="Residual", var1=None, var2=None, vcov=s2, sdcor=self.sigma))
+        return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
+                for r in rows]
+
+    # ----- random effects ---------------------------------------------------------
+    def ranef(self, cond_sd: bool = False) -> dict[str, pd.DataFrame]:
+        """Conditional modes per grouping factor (levels x terms), as lme4's `ranef`; with
+        `cond_sd=True` the conditional standard deviations instead."""
+        out: dict[str, list] = {}
+        for term, modes, cov in zip(self.design.terms, self._modes, self._cond_cov):
+            values = np.sqrt(np.diagonal(cov, axis1=1, axis2=2)) if cond_sd else modes
+            frame = pd.DataFrame(values, index=pd.Index(term.levels, name=term.group),
+                                 columns=list(term.column_names))
+            out.setdefault(term.group, []).append(frame)
+        return {group: pd.concat(frames, axis=1) for group, frames in out.items()}
+
+    # ----- prediction ---------------------------------------------------------------
+    def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:
+        """Predictions Xβ̂ (+ Zb̂ when `random_effects`); levels unseen in the fit get the
+        population prediction (their random effects are 0). Without newdata: the fitted values."""
+        from .prediction import predict
+
+        return predict(self, newdata, random_effects)
+
+    # ----- export -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (see the README for the meaning of each key)."""
+        from .export import result_to_dict
+
+        return result_to_dict(self)
+
+    def summary(self) -> str:
+        """The text lme4's `summary()` prints."""
+        from .summary import format_summary
+
+        return format_summary(self)
+
+    def __repr__(self) -> str:
+        return self.summary()

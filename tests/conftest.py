@@ -1,0 +1,32 @@
+"""Shared test helpers: reference cases copied from shared/reference, and data loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import pytest
+
+import lmm_jax
+
+jax.config.update("jax_enable_x64", True)
+REFERENCE = Path(__file__).parent / "reference"
+
+
+def load_case(case_id: str) -> dict:
+    return json.loads((REFERENCE / f"{case_id}.json").read_text())
+
+
+def cases_of_kind(kind: str) -> list[str]:
+    return sorted(p.stem for p in REFERENCE.glob("*.json") if json.loads(p.read_text())["kind"] == kind)
+
+
+def case_data(case: dict):
+    """The data set a case was computed on, from the package's bundled copy."""
+    return lmm_jax.datasets.load(Path(case["data"]).stem)
+
+
+@pytest.fixture(scope="session")
+def sleepstudy():
+    return lmm_jax.datasets.load("sleepstudy")
