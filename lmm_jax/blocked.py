@@ -29,6 +29,7 @@ from jax.scipy.linalg import solve_triangular
 
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
+from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
 
 
 class CrossProducts(NamedTuple):
@@ -105,9 +106,9 @@ def blocked_factor(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> 
     lam1, lams_rest, levels_rest = lams[0], lams[1:], shape.n_levels[1:]
     p1 = lam1.shape[0]
     a11 = jnp.einsum("ji,ljk,kh->lih", lam1, cp.z1tz1, lam1) + jnp.eye(p1)
-    l11 = jnp.linalg.cholesky(a11)
+    l11 = small_cholesky(a11)
     z1tr = _lambda_right(jnp.einsum("ji,ljr->lir", lam1, cp.z1tr), lams_rest, levels_rest)
-    b = solve_triangular(l11, z1tr, lower=True)
+    b = small_solve_lower(l11, z1tr)
     rtr = _lambda_right(_lambda_right(cp.rtr, lams_rest, levels_rest).T, lams_rest, levels_rest)
     q2, r = rest_size(shape), cp.rtr.shape[0]
     identity_part = jnp.concatenate([jnp.ones(q2), jnp.zeros(r - q2)])
@@ -153,7 +154,7 @@ def blocked_random_effects(theta, cp: CrossProducts, shape: ModelShape, sigma2) 
     l_top = factor.l22[:r - 1, :r - 1]
     rest_solution = solve_triangular(l_top, factor.l22[-1, :r - 1], lower=True, trans="T")
     rhs1 = factor.b[:, :, -1] - jnp.einsum("lir,r->li", factor.b[:, :, :r - 1], rest_solution)
-    u1 = solve_triangular(factor.l11, rhs1[:, :, None], lower=True, trans="T")[:, :, 0]
+    u1 = small_solve_upper_transposed(factor.l11, rhs1[:, :, None])[:, :, 0]
     spherical = [u1] + _split_levels(rest_solution[:q2], shape)
     modes = [u @ lam.T for u, lam in zip(spherical, lams)]
     covs = _inverse_diagonal_blocks(factor, shape)
@@ -177,7 +178,7 @@ def _inverse_diagonal_blocks(factor: BlockedFactor, shape: ModelShape) -> list:
     """
     q2 = rest_size(shape)
     m1, p1 = shape.n_levels[0], shape.dims[0]
-    c = solve_triangular(factor.l11, jnp.broadcast_to(jnp.eye(p1), (m1, p1, p1)), lower=True)
+    c = small_solve_lower(factor.l11, jnp.broadcast_to(jnp.eye(p1), (m1, p1, p1)))
     first = jnp.einsum("lki,lkj->lij", c, c)
     if q2 == 0:
         return [first]
