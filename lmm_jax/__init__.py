@@ -3,6 +3,7 @@
 from . import _config  # noqa: F401  (enables float64)
 from . import datasets as datasets
 from .anova_estimators import anova_estimates as anova_estimates
+from .fay_herriot import fay_herriot as fay_herriot
 from .design import DataError as DataError
 from .formula import FormulaError as FormulaError
 from .model import Model as Model
