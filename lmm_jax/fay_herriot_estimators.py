@@ -96,6 +96,17 @@ def root_on_half_line(f, upper):
     return jnp.where(f(jnp.zeros_like(upper)) > 0.0, 0.5 * (lo + hi), 0.0)
 
 
+def dl_projection(X, D):
+    """P₀ = P at A = 0: W₀ - W₀X(X'W₀X)⁻¹X'W₀ with W₀ = diag(1/D_i) (DerSimonian-Laird)."""
+    return projection_p(gls(0.0, jnp.zeros_like(D), X, D), X)
+
+
+def quadratic_form_variance(Q, area_variance, D):
+    """var(y'Qy) = 2 tr(QVQV) for y ~ N(Xβ, V), V = diag(A + D_i), QX = 0."""
+    QV = Q * (area_variance + D)[None, :]
+    return 2.0 * jnp.sum(QV * QV.T)
+
+
 def _ols_residual_maker(X):
     """M = I - X(X'X)⁻¹X'."""
     return jnp.eye(X.shape[0], dtype=X.dtype) - X @ jnp.linalg.solve(X.T @ X, X.T)
@@ -125,7 +136,7 @@ def raw_estimate(method: str, y, X, D):
         resid = M @ y
         return (resid @ resid - jnp.sum(jnp.diag(M) * D)) / (m - p)
     if method == "DL":
-        P0 = projection_p(gls(0.0, y, X, D), X)
+        P0 = dl_projection(X, D)
         return (y @ P0 @ y - (m - p)) / jnp.trace(P0)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
@@ -149,10 +160,9 @@ def area_variance_se(method: str, area_variance, y, X, D):
     if method == "HE":
         Q, t = _ols_residual_maker(X), m - p
     else:
-        Q = projection_p(gls(0.0, y, X, D), X)
+        Q = dl_projection(X, D)
         t = jnp.trace(Q)
-    QV = Q * (area_variance + D)[None, :]
-    return jnp.sqrt(2.0 * jnp.sum(QV * QV.T)) / t
+    return jnp.sqrt(quadratic_form_variance(Q, area_variance, D)) / t
 
 
 class FayHerriotParams(NamedTuple):

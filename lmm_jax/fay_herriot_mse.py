@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from .fay_herriot_estimators import FayHerriotParams, gls, projection_p
+from .fay_herriot_estimators import FayHerriotParams, dl_projection, quadratic_form_variance
 
 
 class Predictions(NamedTuple):
@@ -49,9 +49,8 @@ def asymptotic_variance(method: str, area_variance, X, D):
         return 2.0 * jnp.sum((area_variance + D) ** 2) / m ** 2
     if method == "PM":
         return 2.0 * m / jnp.sum(w) ** 2
-    P0 = projection_p(gls(0.0, jnp.zeros_like(D), X, D), X)
-    P0V = P0 * (area_variance + D)[None, :]
-    return 2.0 * jnp.sum(P0V * P0V.T) / jnp.trace(P0) ** 2
+    P0 = dl_projection(X, D)
+    return quadratic_form_variance(P0, area_variance, D) / jnp.trace(P0) ** 2
 
 
 def estimator_bias(method: str, area_variance, X, D, cov_beta):
