@@ -1,0 +1,92 @@
+"""Bad input gets a clear error (or warning) naming the column, level or formula part."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmm_jax
+from lmm_jax import DataError, FormulaError
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+def test_missing_column(sleepstudy):
+    with pytest.raises(DataError, match=r"column 'Dayz' \(used in fixed part"):
+        lmm_jax.fit("Reaction ~ Dayz + (1 | Subject)", sleepstudy)
+    with pytest.raises(DataError, match=r"column 'Subj' \(used in random term '\(Days \| Subj\)'\)"):
+        lmm_jax.fit("Reaction ~ Days + (Days | Subj)", sleepstudy)
+
+
+def test_nan_in_response_is_dropped_with_a_warning(sleepstudy):
+    data = sleepstudy.copy()
+    data.loc[[3, 50, 77], "Reaction"] = np.nan
+    before = data.copy()
+    with pytest.warns(UserWarning, match=r"dropped 3 of 180 rows with missing values in: Reaction \(3\)"):
+        result = lmm_jax.fit(FORMULA, data)
+    pd.testing.assert_frame_equal(data, before)  # the caller's frame is untouched
+    assert result.nobs == 177
+    clean = lmm_jax.fit(FORMULA, sleepstudy.drop(index=[3, 50, 77]))
+    np.testing.assert_allclose(result.fixef, clean.fixef, rtol=1e-10)
+
+
+def test_one_level_grouping_factor(sleepstudy):
+    data = sleepstudy.assign(one="A")
+    with pytest.raises(DataError, match=r"grouping factor 'one' in random term '\(1 \| one\)' has only one level \('A'\)"):
+        lmm_jax.fit("Reaction ~ Days + (1 | one)", data)
+
+
+def test_one_level_fixed_factor(sleepstudy):
+    data = sleepstudy.assign(site="north")
+    with pytest.raises(DataError, match=r"factor 'site' in the fixed part .* has only one level \('north'\)"):
+        lmm_jax.fit("Reaction ~ Days + site + (1 | Subject)", data)
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("Reaction ~ Days + (Days | )", r"has no grouping factor"),
+    ("Reaction ~ Days + ( | Subject)", r"has nothing before the bar"),
+    ("Reaction ~ Days + (Days | Subject", r"unclosed '\('"),
+    ("Reaction ~ Days + Days | Subject", r"must be written in parentheses"),
+    ("Reaction Days + (1 | Subject)", r"must have the form 'response ~ terms'"),
+    ("Reaction ~ Days + + (1 | Subject)", r"empty term"),
+    ("Reaction ~ Days + foo(1 | Subject)", r"unknown covariance structure 'foo'"),
+    ("Reaction ~ Days + (1 | Sub-ject)", r"grouping factor 'Sub-ject' is not a column name"),
+])
+def test_malformed_formula(sleepstudy, formula, message):
+    with pytest.raises(FormulaError, match=message):
+        lmm_jax.fit(formula, sleepstudy)
+
+
+def test_rank_deficient_fixed_effects_are_dropped_with_a_warning(sleepstudy):
+    data = sleepstudy.assign(Days2=2.0 * sleepstudy["Days"])
+    with pytest.warns(UserWarning, match=r"rank deficient so dropping 1 column / coefficient: Days2"):
+        result = lmm_jax.fit("Reaction ~ Days + Days2 + (Days | Subject)", data)
+    assert list(result.fixef.index) == ["(Intercept)", "Days"]
+    reference = lmm_jax.fit(FORMULA, sleepstudy)
+    np.testing.assert_allclose(result.fixef, reference.fixef, rtol=1e-8)
+
+
+def test_bad_method_and_data(sleepstudy):
+    with pytest.raises(ValueError, match="method must be 'REML' or 'ML'"):
+        lmm_jax.fit(FORMULA, sleepstudy, method="OLS")
+    with pytest.raises(DataError, match="data must be a pandas DataFrame or a dict"):
+        lmm_jax.fit(FORMULA, [1, 2, 3])
+
+
+def test_infinite_response(sleepstudy):
+    data = sleepstudy.copy()
+    data.loc[0, "Reaction"] = np.inf
+    with pytest.raises(DataError, match=r"response 'Reaction' has non-finite values"):
+        lmm_jax.fit(FORMULA, data)
+
+
+def test_as_many_levels_as_rows(sleepstudy):
+    data = sleepstudy.assign(obs=np.arange(len(sleepstudy)))
+    with pytest.raises(DataError, match=r"grouping factor 'obs' .* has 180 levels for 180 observations"):
+        lmm_jax.fit("Reaction ~ Days + (1 | obs)", data)
+
+
+def test_dict_input_matches_frame(sleepstudy):
+    as_dict = {column: sleepstudy[column].to_numpy() for column in sleepstudy}
+    np.testing.assert_allclose(lmm_jax.fit(FORMULA, as_dict).fixef, lmm_jax.fit(FORMULA, sleepstudy).fixef)
