@@ -1,10 +1,13 @@
-"""A damped Newton (Levenberg-Marquardt trust-region) minimiser with exact Hessians, in jit.
+"""A trust-region Newton minimiser with exact Hessians, in jit.
 
-Each iteration solves (H + μI) d = -g with μ ≥ max(0, -λ_min(H)) + ε, so the step is a
-descent direction even where H is indefinite, and adapts μ by the ratio ρ of actual to
-predicted reduction (accept when ρ > 1e-4; shrink μ when ρ > 0.5, grow it on rejection).
-Parameters with `free = False` stay where they start (their gradient and Hessian rows
-are masked), which serves boundary fits and profiling.
+Each iteration takes the step d = -(H + μI)⁻¹ g with the smallest μ ≥ max(0, -λ_min(H))
+for which ‖d‖ ≤ Δ (the trust radius): a pure Newton step when H is positive definite and
+the step fits, otherwise a step on the trust-region boundary found by bisection on μ in
+H's eigenbasis (the problems here have few parameters). The radius adapts to the ratio ρ
+of actual to predicted reduction (accept when ρ > 1e-4; shrink Δ when ρ < 1/4, double it
+when ρ > 3/4 and the step reached the boundary). Parameters with `free = False` stay
+where they start (their gradient and Hessian rows are masked), which serves boundary
+fits and profiling.
 
 Returns an `OptimResult` record with a status code instead of raising inside jit.
 """
@@ -46,7 +49,7 @@ class _State(NamedTuple):
     fun: jnp.ndarray
     grad: jnp.ndarray
     hess: jnp.ndarray
-    damping: jnp.ndarray
+    radius: jnp.ndarray
     iteration: jnp.ndarray
     status: jnp.ndarray  # -1 while running
 
@@ -64,8 +67,38 @@ def value_grad_hess(f: Callable) -> Callable:
     return evaluate
 
 
+def trust_region_step(grad, hess, radius, bisections: int = 60):
+    """argmin_d g'd + ½d'Hd subject to ‖d‖ ≤ Δ, through μ: d(μ) = -(H + μI)⁻¹g."""
+    eigvals, eigvecs = jnp.linalg.eigh(hess)
+    g_rotated = eigvecs.T @ grad
+    tiny = 1e-12 * jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
+    lower = jnp.maximum(0.0, -eigvals[0]) + tiny
+
+    def norm(mu):
+        return jnp.linalg.norm(g_rotated / (eigvals + mu))
+
+    newton_fits = (eigvals[0] > tiny) & (norm(0.0) <= radius)
+    upper = lower + jnp.linalg.norm(grad) / radius
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        too_long = norm(mid) > radius
+        return jnp.where(too_long, mid, lo), jnp.where(too_long, hi, mid)
+
+    _, mu_boundary = jax.lax.fori_loop(0, bisections, bisect, (lower, upper))
+    interior = norm(lower) <= radius
+    mu = jnp.where(newton_fits, 0.0, jnp.where(interior, lower, mu_boundary))
+    step = -eigvecs @ (g_rotated / (eigvals + mu))
+    # the "hard case": negative curvature the gradient does not see (e.g. g = 0 at a saddle);
+    # move along the most negative eigenvector to the trust-region boundary
+    hard = (eigvals[0] < -tiny) & interior & ~newton_fits
+    extra = jnp.sqrt(jnp.maximum(radius ** 2 - jnp.sum(step ** 2), 0.0))
+    return step + jnp.where(hard, extra, 0.0) * eigvecs[:, 0]
+
+
 def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
-             gtol: float = 1e-7, maxiter: int = 200) -> OptimResult:
+             gtol: float = 1e-7, maxiter: int = 200, radius: float = 1.0) -> OptimResult:
     """Minimise f from x0 over the entries where `free` is True (all by default)."""
     vgh = value_grad_hess(f)
     free = jnp.ones(x0.shape, bool) if free is None else free
@@ -76,34 +109,35 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         return value, grad, hess
 
     value, grad, hess = masked(*vgh(x0))
+    def stationary_minimum(grad, hess):
+        eigvals = jnp.linalg.eigvalsh(hess)
+        curvature_ok = eigvals[0] >= -1e-8 * jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
+        return (jnp.max(jnp.abs(grad)) <= gtol) & curvature_ok
+
     status = jnp.where(jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)), -1, NOT_FINITE)
-    status = jnp.where((status == -1) & (jnp.max(jnp.abs(grad)) <= gtol), CONVERGED_GRADIENT, status)
-    state = _State(x0, value, grad, hess, jnp.asarray(0.0, x0.dtype), jnp.asarray(0), status)
+    status = jnp.where((status == -1) & stationary_minimum(grad, hess), CONVERGED_GRADIENT, status)
+    state = _State(x0, value, grad, hess, jnp.asarray(radius, x0.dtype), jnp.asarray(0), status)
 
     def step(s: _State) -> _State:
-        eigvals, eigvecs = jnp.linalg.eigh(s.hess)
-        scale = jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
-        shift = jnp.maximum(s.damping, jnp.maximum(0.0, -eigvals[0]) + 1e-10 * scale)
-        direction = -eigvecs @ ((eigvecs.T @ s.grad) / (eigvals + shift))
+        direction = trust_region_step(s.grad, s.hess, s.radius)
+        length = jnp.linalg.norm(direction)
         predicted = -(s.grad @ direction + 0.5 * direction @ s.hess @ direction)
-        x_new = s.x + direction
-        value, grad, hess = masked(*vgh(x_new))
-        actual = s.fun - value
+        value, grad, hess = masked(*vgh(s.x + direction))
         ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-        ratio = jnp.where(ok, actual / jnp.maximum(predicted, 1e-300), -jnp.inf)
+        ratio = jnp.where(ok, (s.fun - value) / jnp.maximum(predicted, 1e-300), -jnp.inf)
         accept = ratio > 1e-4
-        grow = jnp.maximum(4.0 * s.damping, 1e-3 * scale)
-        damping = jnp.where(accept, jnp.where(ratio > 0.5, 0.0, s.damping), grow)
-        x = jnp.where(accept, x_new, s.x)
+        radius = jnp.where(ratio < 0.25, 0.25 * length,
+                           jnp.where((ratio > 0.75) & (length >= 0.99 * s.radius), 2.0 * s.radius, s.radius))
+        x = jnp.where(accept, s.x + direction, s.x)
         fun = jnp.where(accept, value, s.fun)
         grad = jnp.where(accept, grad, s.grad)
         hess = jnp.where(accept, hess, s.hess)
         iteration = s.iteration + 1
-        tiny = predicted <= 1e-15 * (1.0 + jnp.abs(s.fun))
-        status = jnp.where(jnp.max(jnp.abs(grad)) <= gtol, CONVERGED_GRADIENT,
-                           jnp.where(tiny, CONVERGED_NO_PROGRESS,
+        stalled = (predicted <= 1e-15 * (1.0 + jnp.abs(s.fun))) | (radius <= 1e-12 * (1.0 + jnp.linalg.norm(x)))
+        status = jnp.where(stationary_minimum(grad, hess), CONVERGED_GRADIENT,
+                           jnp.where(stalled, CONVERGED_NO_PROGRESS,
                                      jnp.where(iteration >= maxiter, MAX_ITERATIONS, -1)))
-        return _State(x, fun, grad, hess, damping, iteration, status)
+        return _State(x, fun, grad, hess, radius, iteration, status)
 
     final = jax.lax.while_loop(lambda s: s.status < 0, step, state)
     return OptimResult(final.x, final.fun, final.grad, final.hess, final.iteration, final.status)

@@ -1,0 +1,38 @@
+"""The trust-region Newton minimiser on functions with known minima."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmm_jax.newton import CONVERGED_GRADIENT, minimize
+
+
+def rosenbrock(x):
+    return (1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2
+
+
+def test_rosenbrock():
+    result = jax.jit(lambda x0: minimize(rosenbrock, x0, gtol=1e-10))(jnp.array([-1.2, 1.0]))
+    np.testing.assert_allclose(result.x, [1.0, 1.0], rtol=1e-8)
+    assert int(result.status) <= 1
+
+
+def test_escapes_a_saddle_with_zero_gradient():
+    # f is even in x[0]: at x[0] = 0 the gradient vanishes but the curvature is negative
+    def f(x):
+        return (x[0] ** 2 - 4.0) ** 2 + (x[1] - 1.0) ** 2
+
+    result = minimize(f, jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(jnp.abs(result.x), [2.0, 1.0], rtol=1e-8)
+    assert int(result.status) == CONVERGED_GRADIENT
+
+
+def test_fixed_parameters_stay_put():
+    def f(x):
+        return jnp.sum((x - jnp.array([1.0, 2.0, 3.0])) ** 2) + x[0] * x[1]
+
+    result = minimize(f, jnp.array([0.0, 5.0, 0.0]), free=jnp.array([True, False, True]))
+    assert float(result.x[1]) == 5.0
+    np.testing.assert_allclose(np.asarray(result.x)[[0, 2]], [1.0 - 2.5, 3.0], rtol=1e-10)
