@@ -9,7 +9,7 @@ import pandas as pd
 def format_summary(result) -> str:
     parts = [_header(result), _criterion(result), _scaled_residuals(result), _random_effects(result),
              _counts(result), _fixed_effects(result), _fixed_correlation(result), _notes(result)]
-    return "\n".join(part for part in parts if part) + "\n"
+    return "\n".join(part.rstrip("\n") + "\n" for part in parts if part)
 
 
 def _header(result) -> str:
@@ -48,10 +48,13 @@ def _random_effects(result) -> str:
             corrs = " ".join(f"{corr[i, j]:5.2f}" for j in range(i))
             rows.append([term.name if i == 0 else "", name, f"{cov[i, i]:.4g}", f"{sd[i]:.4g}", corrs])
     rows.append(["Residual", "", f"{result.sigma ** 2:.4g}", f"{result.sigma:.4g}", ""])
-    table = pd.DataFrame(rows, columns=["Groups", "Name", "Variance", "Std.Dev.", "Corr"])
+    header = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
     if not any(r[4] for r in rows):
-        table = table.drop(columns="Corr")
-    return "Random effects:\n" + table.to_string(index=False, justify="left")
+        header, rows = header[:4], [r[:4] for r in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = [" " + " ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
+             for line in [header] + rows]
+    return "Random effects:\n" + "\n".join(lines) + "\n"
 
 
 def _counts(result) -> str:
@@ -62,7 +65,11 @@ def _counts(result) -> str:
 def _fixed_effects(result) -> str:
     table = pd.DataFrame({"Estimate": result.fixef, "Std. Error": result.se,
                           "t value": result.fixef / result.se})
-    return "Fixed effects:\n" + table.to_string(float_format=lambda v: f"{v:.4g}") + "\n"
+    digits = max(0, 4 - int(np.floor(np.log10(max(np.min(np.abs(result.se)), 1e-300)))) - 1)
+    digits = min(digits, 6)
+    columns = {"Estimate": digits, "Std. Error": digits, "t value": 3}
+    formatters = {name: (lambda d: lambda v: f"{v:.{d}f}")(d) for name, d in columns.items()}
+    return "Fixed effects:\n" + table.to_string(formatters=formatters) + "\n"
 
 
 def _fixed_correlation(result) -> str:
@@ -71,7 +78,7 @@ def _fixed_correlation(result) -> str:
     vcov = result.vcov.to_numpy()
     sd = np.sqrt(np.diag(vcov))
     corr = vcov / np.outer(sd, sd)
-    short = [name[:6] for name in result.fixef.index]
+    short = [abbreviate(name) for name in result.fixef.index]
     rows = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(short) - 1)]
             for i in range(len(short))]
     table = pd.DataFrame(rows[1:], index=list(result.fixef.index)[1:], columns=short[:-1])
@@ -90,3 +97,16 @@ def _notes(result) -> str:
         notes.append("fixed-effect model matrix is rank deficient; dropped: "
                      + ", ".join(result.design.dropped_columns))
     return "\n".join(notes)
+
+
+def abbreviate(name: str, length: int = 6) -> str:
+    """R's `abbreviate(name, 6)` as lme4 uses it for the correlation table: drop lower-case
+    vowels from the right, then lower-case letters, then truncate ('(Intercept)' -> '(Intr)')."""
+    chars = list(name)
+    for removable in ("aeiou", "abcdefghijklmnopqrstuvwxyz"):
+        i = len(chars) - 1
+        while len(chars) > length and i > 0:
+            if chars[i] in removable:
+                del chars[i]
+            i -= 1
+    return "".join(chars[:max(length, 0)]) if len(chars) > length else "".join(chars)
