@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import formulaic
 import numpy as np
@@ -103,18 +104,24 @@ def _as_frame(data) -> pd.DataFrame:
     raise DataError(f"data must be a pandas DataFrame or a dict of arrays, got {type(data).__name__}")
 
 
+@lru_cache(maxsize=256)
+def _formulaic(text: str) -> formulaic.Formula:
+    """formulaic's parse of `text`, cached: parsing costs more than building a small matrix."""
+    return formulaic.Formula(text)
+
+
 def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     """The data columns the formula needs; a missing one is an error naming the term."""
     needed: dict[str, str] = {}
     try:
-        fixed_vars = formulaic.Formula(parsed.fixed).required_variables
+        fixed_vars = _formulaic(parsed.fixed).required_variables
     except Exception as error:  # formulaic's parse errors
         raise FormulaError(f"cannot parse the fixed part {parsed.fixed!r}: {error}") from None
     for var in sorted(fixed_vars):
         needed.setdefault(var, f"fixed part {parsed.fixed!r}")
     for spec in parsed.random:
         try:
-            expr_vars = formulaic.Formula(spec.expr).required_variables
+            expr_vars = _formulaic(spec.expr).required_variables
         except Exception as error:
             raise FormulaError(f"cannot parse {spec.expr!r} in random term {spec.source!r}: {error}") from None
         for var in sorted(expr_vars) + list(spec.factors):
@@ -237,7 +244,7 @@ def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
 
 def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame):
     try:
-        matrix = formulaic.model_matrix(spec.expr, frame, na_action="raise")
+        matrix = formulaic.model_matrix(_formulaic(spec.expr), frame, na_action="raise")
     except Exception as error:
         raise FormulaError(f"cannot build the model matrix of {spec.expr!r} in random term "
                            f"{spec.source!r}: {error}") from None
@@ -252,7 +259,7 @@ def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame):
 def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame):
     _check_factor_levels(parsed.fixed, frame)
     try:
-        matrices = formulaic.model_matrix(parsed.fixed, frame, na_action="raise")
+        matrices = formulaic.model_matrix(_formulaic(parsed.fixed), frame, na_action="raise")
     except Exception as error:
         raise FormulaError(f"cannot build the fixed-effects model matrix of {parsed.fixed!r}: {error}") from None
     lhs = matrices.lhs
@@ -270,7 +277,7 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame):
 
 def _check_factor_levels(fixed: str, frame: pd.DataFrame) -> None:
     """A text/categorical column used as a factor needs two levels (contrasts are undefined otherwise)."""
-    for var in formulaic.Formula(fixed).rhs.required_variables:
+    for var in _formulaic(fixed).rhs.required_variables:
         column = frame[var]
         is_factor = column.dtype.kind in "OSUb" or isinstance(column.dtype, pd.CategoricalDtype) \
             or pd.api.types.is_string_dtype(column.dtype)
