@@ -46,6 +46,12 @@ def dense_profile(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) ->
                     2.0 * jnp.sum(jnp.log(jnp.diag(chol_x))), rss, beta)
 
 
+def dense_xtvx_inverse(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
+    """(X'V₀⁻¹X)⁻¹, so that Var(β̂) = σ² (X'V₀⁻¹X)⁻¹."""
+    chol_v = jnp.linalg.cholesky(dense_v0(theta, arrays, shape))
+    return jnp.linalg.inv(arrays.X.T @ cho_solve((chol_v, True), arrays.X))
+
+
 def dense_random_effects(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape, sigma2):
     """Conditional modes b̂ = G₀Z'V₀⁻¹(y - Xβ̂) and their conditional covariance given β̂,
     σ² (G₀ - G₀Z'V₀⁻¹ZG₀) with G₀ = ΛΛ' (q x q, all terms)."""

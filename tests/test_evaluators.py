@@ -11,7 +11,7 @@ import pytest
 import lmm_jax
 from conftest import case_data, cases_of_kind, load_case
 from lmm_jax.blocked import blocked_profile, blocked_random_effects, cross_products
-from lmm_jax.dense import dense_profile, dense_random_effects
+from lmm_jax.dense import dense_profile, dense_random_effects, dense_xtvx_inverse
 from lmm_jax.likelihood import profiled_deviance
 
 DESIGNS = {
@@ -75,6 +75,11 @@ def test_dense_fit_matches_reference(case_id):
     np.testing.assert_allclose(np.sqrt(params.sigma2), case["sigma"], rtol=1e-4)
     np.testing.assert_allclose(params.theta, case["theta"], rtol=1e-4, atol=1e-6)
     assert abs(float(params.loglik) - case["loglik"]) < 1e-4
+    n_params = len(params.beta) + len(params.theta) + 1
+    assert abs(-2 * float(params.loglik) + 2 * n_params - case["aic"]) < 2e-4
+    assert abs(-2 * float(params.loglik) + np.log(case["nobs"]) * n_params - case["bic"]) < 2e-4
+    se = np.sqrt(params.sigma2 * np.diag(dense_xtvx_inverse(params.theta, model.arrays, model.shape)))
+    np.testing.assert_allclose(se, case["fixed"]["se"], rtol=1e-4)
     assert bool(params.singular) == case["singular"]
     modes, cond_cov = dense_random_effects(params.theta, model.arrays, model.shape, params.sigma2)
     first = model.design.terms[0]
