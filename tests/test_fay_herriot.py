@@ -173,3 +173,20 @@ def test_bad_method_and_collinear_covariates():
         lmm_jax.fay_herriot("yi ~ ablat", bcg(), "vi", "EB")
     with pytest.raises(ValueError, match="collinear"):
         lmm_jax.fay_herriot("yi ~ ablat + twice", bcg().assign(twice=lambda d: 2 * d["ablat"]), "vi")
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_same_model_through_the_general_engine(method):
+    """Fay-Herriot as a linear mixed model with a known residual variance per row (weights
+    1/vi, σ² fixed at 1, one level of `trial` per row): Â = θ², β̂ and the (restricted)
+    log-likelihood equal the dedicated estimator's (whose log-likelihoods are metafor's,
+    the REML one including +½ log|X'X|)."""
+    data = bcg()
+    engine = lmm_jax.Model.from_formula("yi ~ ablat + (1 | trial)", data, method,
+                                        weights=1.0 / data["vi"], known_scale=True).fit_params()
+    direct = lmm_jax.fay_herriot("yi ~ ablat", data, "vi", method)
+    assert int(engine.status) == 0 and float(engine.sigma2) == 1.0
+    np.testing.assert_allclose(float(engine.theta[0]) ** 2, direct.area_variance, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(engine.beta), direct.beta, rtol=1e-6)
+    assert abs(float(engine.loglik) - direct.loglik) < 1e-6
+    assert abs(float(engine.loglik) - load_case(method)["loglik"]) < LOGLIK_ATOL
