@@ -3,6 +3,7 @@
 from . import _config  # noqa: F401  (enables float64)
 from . import datasets as datasets
 from .anova_estimators import anova_estimates as anova_estimates
+from .anova_estimators import anova_start as anova_start
 from .api import fit as fit
 from .fay_herriot import fay_herriot as fay_herriot
 from .design import DataError as DataError

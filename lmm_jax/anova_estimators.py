@@ -26,6 +26,9 @@ listed in `negative`; `truncate=True` sets them to 0 (the others are not re-esti
 
 References: Henderson (1953) Biometrics 9:226-252; Searle, Casella & McCulloch (1992)
 Variance Components, ch. 5.
+
+`anova_start(model)` turns the method III estimates into a starting θ₀ for the likelihood
+fit of a `Model` with scalar terms: `model.fit_params(theta0=anova_start(model))`.
 """
 
 from __future__ import annotations
@@ -88,7 +91,12 @@ def anova_estimates(formula: str, data, method: str = "henderson3",
     """ANOVA estimates of the variances of the scalar random terms of `formula` (lme4 syntax)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    design = build_design(formula, data)
+    return design_estimates(build_design(formula, data), method, truncate)
+
+
+def design_estimates(design: Design, method: str = "henderson3",
+                     truncate: bool = False) -> AnovaEstimates:
+    """`anova_estimates` on an already built design (its prior weights are not used)."""
     terms = _scalar_terms(design)
     if method == "henderson1":
         _check_intercept_only(design)
@@ -182,3 +190,27 @@ def _result(method: str, table, sources: list[str], truncate: bool) -> AnovaEsti
         variances = np.maximum(variances, 0.0)
     return AnovaEstimates(method, {name: float(v) for name, v in zip(sources, variances)},
                           tuple(rows), negative, bool(truncate))
+
+
+MIN_START = 0.1  # θ₀ for a term whose ANOVA estimate is negative or zero (lme4's default is 1)
+
+
+def anova_start(model) -> np.ndarray:
+    """θ₀ from Henderson III estimates for a `Model` whose random terms are all (1 | g).
+
+    θ₀_k = √(σ̂²_k / σ̂²_e), lme4's relative standard deviation, in the model's term order.
+    A negative or zero σ̂²_k gives MIN_START instead: θ = 0 is a stationary point of the
+    profiled deviance in every direction θ_k (it is even in θ_k), where a Newton fit could
+    not move. The estimates are unweighted even when the model has prior weights (they are
+    only a start), and a model with a known residual scale is refused (σ²_e is not free).
+    The default start of `Model.fit` stays lme4's θ₀ = 1.
+    """
+    if model.shape.known_scale:
+        raise ValueError("anova_start needs an estimated residual variance; this model has a "
+                         "known residual scale (known_scale=True)")
+    est = design_estimates(model.design, "henderson3")
+    residual = est.variances[RESIDUAL]
+    if not residual > 0:
+        raise ValueError(f"the ANOVA residual variance is {residual:.4g}; no relative start exists")
+    ratios = [est.variances[term.name] / residual for term in model.design.terms]
+    return np.asarray([np.sqrt(r) if r > MIN_START ** 2 else MIN_START for r in ratios])

@@ -3,7 +3,7 @@
 `ModelArrays` holds what a fit reads (y, X, prior weights, and per random term the
 level code and model-matrix row of every observation). `ModelShape` holds what a
 compiled program is specialised on (numbers of levels, term dimensions, structures,
-REML or ML); it is hashable so that it can be a static argument of `jax.jit`.
+REML or ML, and whether the residual scale is known); it is hashable so that it can be a static argument of `jax.jit`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ from .structures import CovarianceStructure
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Static description of a model: term sizes, their structures and the criterion."""
+    """Static description of a model: term sizes, their structures and the criterion.
+
+    `known_scale`: the residual variances are known, Var(ε_i) = 1/w_i, so σ² = 1 is fixed
+    instead of profiled (`likelihood.known_scale_deviance`).
+    """
 
     n_levels: tuple[int, ...]
     structures: tuple[CovarianceStructure, ...]
     reml: bool
+    known_scale: bool = False
 
     @property
     def dims(self) -> tuple[int, ...]:

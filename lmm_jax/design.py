@@ -78,8 +78,12 @@ class Design:
         return int(self.X.shape[1])
 
 
-def build_design(formula: str, data, weights=None) -> Design:
-    """Parse `formula`, check `data` and build the design (host side, once per model)."""
+def build_design(formula: str, data, weights=None, known_scale: bool = False) -> Design:
+    """Parse `formula`, check `data` and build the design (host side, once per model).
+
+    `known_scale`: the residual variances 1/weights are known (σ² not estimated), so the
+    checks that random effects are not confounded with the residual are not made.
+    """
     parsed = parse_formula(formula)
     frame = _as_frame(data)
     used = _used_columns(parsed, frame)
@@ -88,7 +92,8 @@ def build_design(formula: str, data, weights=None) -> Design:
     terms = _random_terms(parsed, frame)
     y, X, names, spec = _fixed_part(parsed, frame)
     X, names, dropped = _drop_rank_deficient(X, names)
-    _check_sizes(terms, y.shape[0], parsed)
+    if not known_scale:
+        _check_sizes(terms, y.shape[0], parsed)
     return Design(parsed, y, X, tuple(names), tuple(terms), prior_weights, n_dropped, spec,
                   tuple(dropped), frame.index)
 
@@ -318,7 +323,10 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]):
 
 
 def _check_sizes(terms: list[RandomTerm], n: int, parsed: ParsedFormula) -> None:
-    """lme4's checks: each factor needs fewer levels than rows, and fewer random effects than rows."""
+    """lme4's checks: each factor needs fewer levels than rows, and fewer random effects than rows.
+
+    Both guard the estimate of σ²; a model with a known residual scale skips them (in the
+    Fay-Herriot model every area is its own level)."""
     for term in terms:
         if term.n_levels >= n:
             raise DataError(

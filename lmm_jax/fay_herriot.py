@@ -7,7 +7,8 @@ y_i = x_i'β + v_i + e_i with v_i ~ N(0, A) and e_i ~ N(0, D_i), D_i known (the 
 `sampling_variance`). Methods: "REML", "ML", "PM" (Fay and Herriot's moment estimator,
 the Paule-Mandel equation), "HE" (Prasad-Rao unweighted least squares), "DL"
 (DerSimonian-Laird); see `fay_herriot_estimators`. A negative estimate of A is set to 0
-and flagged (`truncated`). EBLUPs and MSEs: `fay_herriot_mse`. The numbers follow
+and flagged (`truncated`). EBLUPs and MSEs (Prasad-Rao; Datta-Lahiri for ML; optionally
+Datta-Rao-Smith for PM): `fay_herriot_mse`. The numbers follow
 metafor's rma()/blup() (fixed-effect SEs √diag((X'V⁻¹X)⁻¹), no Knapp-Hartung).
 """
 
@@ -73,13 +74,20 @@ class FayHerriotResult:
         return "\n".join(lines)
 
 
-def fay_herriot(formula: str, data, sampling_variance: str = "vi",
-                method: str = "REML") -> FayHerriotResult:
-    """Fit the Fay-Herriot model `formula` (response ~ area covariates) to one row per area."""
+def fay_herriot(formula: str, data, sampling_variance: str = "vi", method: str = "REML",
+                pm_bias_correction: bool = False) -> FayHerriotResult:
+    """Fit the Fay-Herriot model `formula` (response ~ area covariates) to one row per area.
+
+    `pm_bias_correction=True` (method "PM" only): Datta, Rao & Smith's (2005) MSE, which
+    also corrects for the bias of the moment estimator of A (see `fay_herriot_mse`); by
+    default the PM MSE is Prasad-Rao's g1 + g2 + 2 g3.
+    """
     method = _check_method(method)
+    if pm_bias_correction and method != "PM":
+        raise ValueError(f"pm_bias_correction applies to method='PM' only, got method={method!r}")
     y, X, names, D = _area_arrays(formula, data, sampling_variance)
     params = fit_fay_herriot(y, X, D, method)
-    pred = predict(method, params, y, X, D)
+    pred = predict(method, params, y, X, D, bool(pm_bias_correction))
     params, pred = jax.device_get((params, pred))
     loglik = float(params.loglik) if method in ("REML", "ML") else None
     return FayHerriotResult(

@@ -16,6 +16,18 @@ numbers-and-vectors, `Profiled`:
 
 exactly as lme4 and MixedModels.jl define them (the REML criterion carries no log|X'X|
 term). REML differs from ML in the denominator d and the one log-determinant.
+
+With a *known residual scale* (`ModelShape.known_scale`: W⁻¹ = diag(D_i) known, as in the
+Fay-Herriot model or a meta-analysis) σ² is fixed at 1 instead of profiled, V = V₀, and
+
+    -2 ℓ(θ)   = log|V₀| + r² + n log(2π)                                       (ML)
+    -2 ℓ_R(θ) = log|V₀| + log|X'V₀⁻¹X| - log|X'X| + r² + (n-p) log(2π)         (REML)
+
+(`known_scale_deviance`). The REML form is the density of n - p error contrasts
+(Harville 1974), and it is metafor's (rma.uni's default REMLf = TRUE), which keeps the
+-log|X'X| term: on bcg its REML log-likelihood is ours only with that term (without it
+ours would be lower by ½ log|X'X| = 5.195). The term is constant in θ, so the estimates
+do not depend on it.
 """
 
 from __future__ import annotations
@@ -45,6 +57,17 @@ def profiled_deviance(profiled: Profiled, n: int, p: int, reml: bool) -> jnp.nda
     out = profiled.logdet_v + d * (1.0 + jnp.log(2.0 * jnp.pi * profiled.rss / d))
     if reml:
         out = out + profiled.logdet_xtvx
+    return out
+
+
+def known_scale_deviance(profiled: Profiled, n: int, p: int, reml: bool,
+                         logdet_xtx=0.0) -> jnp.ndarray:
+    """-2 × the (restricted) log-likelihood with σ² = 1 known (see the module docstring);
+    `logdet_xtx` = log|X'X| enters the REML form only."""
+    d = residual_dof(n, p, reml)
+    out = profiled.logdet_v + profiled.rss + d * jnp.log(2.0 * jnp.pi)
+    if reml:
+        out = out + profiled.logdet_xtvx - logdet_xtx
     return out
 
 

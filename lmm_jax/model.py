@@ -9,6 +9,11 @@ damped Newton method using the exact Hessian, starting from lme4's θ₀ (identi
 factors). Afterwards θ is put in canonical form (non-negative diagonals), and factor
 diagonals near zero are tried at exactly zero, with the other parameters re-optimised;
 that boundary point is kept when its deviance is no worse (a singular fit, reported).
+
+With `known_scale=True` the prior weights are the known inverse residual variances
+(W⁻¹ = diag(D_i)) and σ² = 1 is fixed, not profiled: the Fay-Herriot model is
+`Model.from_formula("y ~ x + (1 | area)", data, weights=1/D, known_scale=True)`, whose
+θ² is the area variance A.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
 from .blocked import blocked_profile, cross_products
 from .dense import dense_profile
 from .design import Design, build_design
-from .likelihood import profiled_deviance, profiled_sigma2
+from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
 from .newton import minimize
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
@@ -53,9 +58,9 @@ def make_arrays(design: Design) -> ModelArrays:
                        tuple(jnp.asarray(t.values) for t in design.terms))
 
 
-def make_shape(design: Design, method: str) -> ModelShape:
+def make_shape(design: Design, method: str, known_scale: bool = False) -> ModelShape:
     return ModelShape(tuple(t.n_levels for t in design.terms),
-                      tuple(t.structure for t in design.terms), _is_reml(method))
+                      tuple(t.structure for t in design.terms), _is_reml(method), bool(known_scale))
 
 
 def _is_reml(method: str) -> bool:
@@ -77,11 +82,27 @@ def profile_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "b
     return lambda theta: blocked_profile(theta, cp, shape)
 
 
+def criterion(profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
+    """-2ℓ or -2ℓ_R from `Profiled`: σ² profiled out, or fixed at 1 for a known scale."""
+    n, p = arrays.X.shape
+    if not shape.known_scale:
+        return profiled_deviance(profiled, n, p, shape.reml)
+    logdet_xtx = jnp.linalg.slogdet(arrays.X.T @ arrays.X)[1] if shape.reml else 0.0
+    return known_scale_deviance(profiled, n, p, shape.reml, logdet_xtx)
+
+
+def sigma2_estimate(profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
+    """σ̂² = r²/d, or 1 for a known scale."""
+    if shape.known_scale:
+        return jnp.ones_like(profiled.rss)
+    n, p = arrays.X.shape
+    return profiled_sigma2(profiled, n, p, shape.reml)
+
+
 def deviance_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked"):
     """θ -> -2ℓ(θ) (ML) or -2ℓ_R(θ) (REML)."""
     profile = profile_function(arrays, shape, evaluator)
-    n, p = arrays.X.shape
-    return lambda theta: profiled_deviance(profile(theta), n, p, shape.reml)
+    return lambda theta: criterion(profile(theta), arrays, shape)
 
 
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))
@@ -97,11 +118,10 @@ def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
     use_boundary = jnp.any(candidates) & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
     theta = jnp.where(use_boundary, canonical_theta(second.x, shape), theta)
     best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
-    n, p = arrays.X.shape
     profiled = profile_function(arrays, shape, evaluator)(theta)
-    objective = profiled_deviance(profiled, n, p, shape.reml)
+    objective = criterion(profiled, arrays, shape)
     singular = jnp.any(bounded & (jnp.abs(theta) < SINGULAR_TOLERANCE))
-    return FitParams(theta, profiled.beta, profiled_sigma2(profiled, n, p, shape.reml), objective,
+    return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
                      -0.5 * objective, jnp.max(jnp.abs(best.grad)),
                      first.iterations + second.iterations, best.status, singular)
 
@@ -109,19 +129,25 @@ def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
 class Model:
     """A linear mixed model: its design (host side) and its arrays (device side)."""
 
-    def __init__(self, design: Design, method: str = "REML", data_name: str | None = None):
+    def __init__(self, design: Design, method: str = "REML", data_name: str | None = None,
+                 known_scale: bool = False):
         self.design = design
         self.method = "REML" if _is_reml(method) else "ML"
-        self.shape = make_shape(design, self.method)
+        self.shape = make_shape(design, self.method, known_scale)
         self.arrays = make_arrays(design)
         self.data_name = data_name
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
-                     data_name: str | None = None) -> "Model":
-        """Build the design of `formula` on `data` (a DataFrame or dict of arrays)."""
+                     data_name: str | None = None, known_scale: bool = False) -> "Model":
+        """Build the design of `formula` on `data` (a DataFrame or dict of arrays).
+
+        `known_scale=True`: the residual variances are known, Var(ε_i) = 1/weights_i, and
+        σ² = 1 is fixed instead of estimated (Fay-Herriot, meta-analysis: weights = 1/D).
+        A grouping factor may then have one level per row.
+        """
         _is_reml(method)
-        return cls(build_design(formula, data, weights), method, data_name)
+        return cls(build_design(formula, data, weights, known_scale), method, data_name, known_scale)
 
     def initial_theta(self) -> jnp.ndarray:
         return jnp.asarray(self.shape.initial_theta())

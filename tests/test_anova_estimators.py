@@ -182,3 +182,42 @@ def test_confounded_term_is_an_error():
 def test_unknown_method():
     with pytest.raises(ValueError, match="henderson1"):
         lmm_jax.anova_estimates("Yield ~ 1 + (1 | Batch)", datasets.load("dyestuff"), method="REML")
+
+
+@pytest.mark.parametrize("name, formula, method", [
+    ("dyestuff", "Yield ~ 1 + (1 | Batch)", "REML"),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)", "REML"),
+    ("pastes", "strength ~ 1 + (1 | batch/cask)", "ML"),
+    ("dyestuff", "Yield ~ 1 + (1 | Batch)", "ML"),
+])
+def test_anova_start_reaches_the_same_optimum(name, formula, method):
+    """θ₀ = √(σ̂²_k/σ̂²_e) from Henderson III reaches the default start's optimum. On these
+    balanced designs the ANOVA estimates are the REML estimates, so the REML fits start at the
+    optimum (0 iterations); pastes ML needs fewer iterations than from θ₀ = 1. Finding:
+    dyestuff ML needs more (7 against 5): the ANOVA start is REML's, and ML's θ̂ is 11% lower."""
+    model = Model.from_formula(formula, datasets.load(name), method)
+    theta0 = lmm_jax.anova_start(model)
+    default, anova = model.fit_params(), model.fit_params(theta0=theta0)
+    assert int(default.status) <= 1 and int(anova.status) <= 1
+    np.testing.assert_allclose(anova.theta, default.theta, rtol=1e-5)
+    assert abs(float(anova.objective) - float(default.objective)) < 1e-8
+    if method == "REML":
+        assert int(anova.iterations) == 0
+    if (name, method) != ("dyestuff", "ML"):
+        assert int(anova.iterations) <= int(default.iterations)
+
+
+def test_anova_start_of_a_singular_model_and_refusals():
+    """A negative ANOVA estimate (dyestuff2) starts at MIN_START, not at θ = 0 where the deviance
+    is stationary; vector terms and known residual scales are refused."""
+    data = datasets.load("dyestuff2")
+    model = Model.from_formula("Yield ~ 1 + (1 | Batch)", data)
+    np.testing.assert_array_equal(lmm_jax.anova_start(model), [0.1])
+    fit = model.fit_params(theta0=lmm_jax.anova_start(model))
+    assert float(fit.theta[0]) == 0.0 and bool(fit.singular)
+    sleep = datasets.load("sleepstudy")
+    with pytest.raises(ValueError, match="not a scalar intercept term"):
+        lmm_jax.anova_start(Model.from_formula("Reaction ~ Days + (Days | Subject)", sleep))
+    with pytest.raises(ValueError, match="known residual scale"):
+        lmm_jax.anova_start(Model.from_formula("Yield ~ 1 + (1 | Batch)", data,
+                                               weights=np.ones(len(data)), known_scale=True))

@@ -149,6 +149,36 @@ def test_mse_is_nearly_unbiased_by_simulation(method):
     true_mse = float(jnp.mean(jnp.sum((eblup - theta) ** 2, axis=1)))
     assert abs(float(jnp.mean(jnp.sum(mse, axis=1))) / true_mse - 1.0) < 0.03
     assert float(jnp.mean(jnp.sum(naive, axis=1))) / true_mse - 1.0 < -0.05
+    if method == "PM":  # the opt-in Datta-Rao-Smith MSE is as nearly unbiased here
+        corrected = jax.vmap(lambda y_r: predict(method, fit_fay_herriot(y_r, X, D, method),
+                                                 y_r, X, D, pm_bias_correction=True).mse)(y)
+        assert abs(float(jnp.mean(jnp.sum(corrected, axis=1))) / true_mse - 1.0) < 0.03
+
+
+def test_pm_mse_is_prasad_rao_unless_bias_correction_is_asked_for():
+    """PM's default MSE is g1 + g2 + 2 g3 (the issue's Prasad-Rao form); with
+    pm_bias_correction=True it is Datta, Rao & Smith's, lower by b_FH B_i² with
+    b_FH = 2[m Σw² - (Σw)²]/(Σw)³, w_i = 1/(Â + D_i); other methods refuse the option."""
+    data = bcg()
+    plain = lmm_jax.fay_herriot("yi ~ ablat", data, "vi", "PM")
+    corrected = lmm_jax.fay_herriot("yi ~ ablat", data, "vi", "PM", pm_bias_correction=True)
+    a, D = plain.area_variance, plain.sampling_variance
+    gamma = a / (a + D)
+    g1 = gamma * D
+    g2 = plain.eblup_se ** 2 - g1  # eblup_se = √(g1 + g2), checked against metafor above
+    g3 = (1 - gamma) ** 2 * (2 * len(D) / np.sum(1 / (a + D)) ** 2) / (a + D)
+    np.testing.assert_allclose(plain.mse, g1 + g2 + 2 * g3, rtol=1e-10)
+    w, m = 1 / (a + D), len(D)
+    b_fh = 2 * (m * np.sum(w ** 2) - np.sum(w) ** 2) / np.sum(w) ** 3
+    assert b_fh > 0
+    np.testing.assert_allclose(corrected.mse, plain.mse - b_fh * (1 - gamma) ** 2, rtol=1e-10)
+    np.testing.assert_allclose(corrected.eblup, plain.eblup, rtol=0)
+    equal = data.assign(vi=0.05)
+    np.testing.assert_allclose(
+        lmm_jax.fay_herriot("yi ~ ablat", equal, "vi", "PM", pm_bias_correction=True).mse,
+        lmm_jax.fay_herriot("yi ~ ablat", equal, "vi", "PM").mse, rtol=1e-12)
+    with pytest.raises(ValueError, match="pm_bias_correction applies to method='PM' only"):
+        lmm_jax.fay_herriot("yi ~ ablat", data, "vi", "REML", pm_bias_correction=True)
 
 
 def bcg():
@@ -173,3 +203,20 @@ def test_bad_method_and_collinear_covariates():
         lmm_jax.fay_herriot("yi ~ ablat", bcg(), "vi", "EB")
     with pytest.raises(ValueError, match="collinear"):
         lmm_jax.fay_herriot("yi ~ ablat + twice", bcg().assign(twice=lambda d: 2 * d["ablat"]), "vi")
+
+
+@pytest.mark.parametrize("method", ["REML", "ML"])
+def test_same_model_through_the_general_engine(method):
+    """Fay-Herriot as a linear mixed model with a known residual variance per row (weights
+    1/vi, σ² fixed at 1, one level of `trial` per row): Â = θ², β̂ and the (restricted)
+    log-likelihood equal the dedicated estimator's (whose log-likelihoods are metafor's,
+    the REML one including +½ log|X'X|)."""
+    data = bcg()
+    engine = lmm_jax.Model.from_formula("yi ~ ablat + (1 | trial)", data, method,
+                                        weights=1.0 / data["vi"], known_scale=True).fit_params()
+    direct = lmm_jax.fay_herriot("yi ~ ablat", data, "vi", method)
+    assert int(engine.status) == 0 and float(engine.sigma2) == 1.0
+    np.testing.assert_allclose(float(engine.theta[0]) ** 2, direct.area_variance, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(engine.beta), direct.beta, rtol=1e-6)
+    assert abs(float(engine.loglik) - direct.loglik) < 1e-6
+    assert abs(float(engine.loglik) - load_case(method)["loglik"]) < LOGLIK_ATOL
