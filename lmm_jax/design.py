@@ -85,6 +85,9 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False) ->
     checks that random effects are not confounded with the residual are not made.
     """
     parsed = parse_formula(formula)
+    if not parsed.random:
+        raise FormulaError(f"formula {formula!r} has no random-effects term such as '(1 | group)'; "
+                           "a model without random effects is an ordinary least-squares fit")
     frame = _as_frame(data)
     used = _used_columns(parsed, frame)
     frame, n_dropped = _drop_missing(frame, used, weights)

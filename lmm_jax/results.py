@@ -42,7 +42,7 @@ class FitResult:
         self.design = model.design
         self.params = params
         self.method = model.method
-        self.theta = np.asarray(params.theta)
+        self.theta = np.asarray(params.theta) + 0.0  # no negative zeros
         self.sigma = float(np.sqrt(params.sigma2))
         xtvx_inv, effects, fitted, rel_cov = jax.device_get(
             _post_fit(model.arrays, model.shape, params.theta, params.sigma2))
