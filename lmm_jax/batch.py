@@ -9,7 +9,8 @@ errors SE(β̂_j) = √(σ̂² [(X'V₀⁻¹X)⁻¹]_jj) from the same blocked f
 `jax.lax.map(fit, Y', batch_size=batch_size)` inside one jit, over host-side chunks of at
 most `chunk_size` responses (bounded memory; one progress-bar step per chunk). All chunks
 have the same length (the last is padded with repeats of its last response, then cut),
-so the program is compiled once.
+so the program is compiled once; the chunk length is a multiple of the batch size, so
+`lax.map` has no remainder group to compile either.
 
 Why `lax.map` with a batch size and not one `vmap` over all B: jaxlib's CPU backend runs
 batched LAPACK kernels on the thread pool they wait on, and a vmap over thousands of fits
@@ -147,7 +148,8 @@ def fit_batch(formula: str, data, responses, method: str = "REML", batch_size: i
     ys, names = _responses(responses, data, model.design)
     n_resp = ys.shape[0]
     n_chunks = math.ceil(n_resp / chunk_size)
-    per_chunk = math.ceil(n_resp / n_chunks)
+    batch_size = min(batch_size, math.ceil(n_resp / n_chunks))
+    per_chunk = batch_size * math.ceil(n_resp / n_chunks / batch_size)  # no remainder group to compile
     padded = np.concatenate([ys, np.repeat(ys[-1:], n_chunks * per_chunk - n_resp, axis=0)])
     chunks = range(n_chunks)
     if progress and n_chunks > 1:
@@ -158,7 +160,7 @@ def fit_batch(formula: str, data, responses, method: str = "REML", batch_size: i
     outputs = []
     for c in chunks:
         out = fit_responses(jnp.asarray(padded[c * per_chunk:(c + 1) * per_chunk]), model.arrays,
-                            model.shape, theta0, batch_size=min(batch_size, per_chunk))
+                            model.shape, theta0, batch_size=batch_size)
         outputs.append(jax.device_get(out))
     params, se = jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:n_resp], *outputs)
     return BatchResult(names, tuple(model.design.fixed_names), model.method, params.beta, se,
