@@ -223,12 +223,12 @@ def report(rows, versions, args, load_before: float) -> str:
         *table(rows), "", END])
 
 
-def write_results(section: str) -> None:
-    """Replace the marked section of RESULTS.md (or append it), leaving the rest of the file alone."""
+def write_results(section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the section of RESULTS.md marked by `begin`/`end` (or append it), leaving the rest alone."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nSee README.md for what each number means.\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     RESULTS.write_text(text)

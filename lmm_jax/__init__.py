@@ -5,6 +5,8 @@ from . import datasets as datasets
 from .anova_estimators import anova_estimates as anova_estimates
 from .anova_estimators import anova_start as anova_start
 from .api import fit as fit
+from .batch import BatchResult as BatchResult
+from .batch import fit_batch as fit_batch
 from .fay_herriot import fay_herriot as fay_herriot
 from .design import DataError as DataError
 from .formula import FormulaError as FormulaError

@@ -1,0 +1,85 @@
+"""`fit_batch` against single fits: the batched program must give the same numbers as a loop."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmm_jax
+from lmm_jax.arrays import relative_factors
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+def simulate_sleepstudy(data, n_responses: int, seed: int = 20261125) -> np.ndarray:
+    """(n, B) responses y = Xβ̂ + Zb + ε from the sleepstudy REML fit: b ~ N(0, Σ̂), ε ~ N(0, σ̂²)."""
+    model = lmm_jax.Model.from_formula(FORMULA, data)
+    result = model.fit()
+    term = model.design.terms[0]
+    factor = result.sigma * np.asarray(relative_factors(result.theta, model.shape)[0])  # Σ̂ = LL'
+    rng = np.random.default_rng(seed)
+    b = np.einsum("ij,rmj->rmi", factor, rng.standard_normal((n_responses, term.n_levels, term.dim)))
+    random_part = np.einsum("nj,rnj->nr", term.values, b[:, term.codes, :])
+    noise = result.sigma * rng.standard_normal((model.design.nobs, n_responses))
+    return (model.design.X @ result.fixef.to_numpy())[:, None] + random_part + noise
+
+def assert_close(actual, expected, rtol, what, atol=0.0):
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    bad = np.abs(actual - expected) > atol + rtol * np.abs(expected)
+    assert not bad.any(), f"{what}: {actual[bad][:5]} != {expected[bad][:5]}"
+
+def test_batch_equals_loop_of_single_fits(sleepstudy):
+    """10,000 simulated responses in one call; a random 300 of them refitted one by one."""
+    Y = simulate_sleepstudy(sleepstudy, 10_000)
+    out = lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y, progress=False)
+    assert out.beta.shape == (10_000, 2) and out.theta.shape == (10_000, 3)
+    assert out.converged.all()
+    for name in ("beta", "se", "theta", "sigma", "loglik"):
+        assert np.isfinite(getattr(out, name)).all(), name
+    model = lmm_jax.Model.from_formula(FORMULA, sleepstudy)
+    subset = np.random.default_rng(1).choice(10_000, 300, replace=False)
+    for i in subset:
+        single = model.fit_params(Y[:, i])
+        assert_close(out.beta[i], single.beta, 1e-8, f"beta of response {i}")
+        assert_close(out.theta[i], single.theta, 1e-8, f"theta of response {i}", atol=1e-10)
+        assert_close(out.sigma[i], np.sqrt(single.sigma2), 1e-8, f"sigma of response {i}")
+        assert_close(out.loglik[i], single.loglik, 1e-8, f"loglik of response {i}")
+        assert out.singular[i] == bool(single.singular)
+
+def test_small_batch_equals_fit_per_column(sleepstudy):
+    """B = 5 named columns, one row of the data missing a design value: fit_batch == lmm_jax.fit."""
+    data = sleepstudy.copy()
+    data.loc[7, "Days"] = np.nan  # dropped from the design, so from every response too
+    Y = simulate_sleepstudy(sleepstudy, 5, seed=5)
+    columns = [f"gene{i}" for i in range(5)]
+    with pytest.warns(UserWarning, match="dropped 1 of 180 rows"):
+        frame = lmm_jax.fit_batch("expr ~ Days + (Days | Subject)", data,
+                                  responses=pd.DataFrame(Y, columns=columns), progress=False).to_frame()
+    assert list(frame.index) == columns
+    assert list(frame.columns) == ["beta[(Intercept)]", "beta[Days]", "se[(Intercept)]", "se[Days]",
+                                   "theta[0]", "theta[1]", "theta[2]", "sigma", "loglik",
+                                   "converged", "singular"]
+    for name, y in zip(columns, Y.T):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the dropped row
+            single = lmm_jax.fit(FORMULA, data.assign(Reaction=y))
+        row = frame.loc[name]
+        assert_close(row[["beta[(Intercept)]", "beta[Days]"]], single.fixef, 1e-8, "beta")
+        assert_close(row[["se[(Intercept)]", "se[Days]"]], single.se, 1e-8, "se")
+        assert_close(row[["theta[0]", "theta[1]", "theta[2]"]], single.theta, 1e-8, "theta", atol=1e-10)
+        assert_close(row["sigma"], single.sigma, 1e-8, "sigma")
+        assert_close(row["loglik"], single.loglik, 1e-8, "loglik")
+        assert row["converged"] and row["singular"] == single.singular
+
+def test_wrong_number_of_rows(sleepstudy):
+    with pytest.raises(lmm_jax.DataError, match="one row per row of data"):
+        lmm_jax.fit_batch(FORMULA, sleepstudy, responses=np.zeros((179, 3)), progress=False)
+
+def test_missing_value_in_responses_names_the_column(sleepstudy):
+
+    Y = pd.DataFrame({"a": sleepstudy["Reaction"], "b": sleepstudy["Reaction"]})
+    Y.loc[3, "b"] = np.nan
+    with pytest.raises(lmm_jax.DataError, match="'b'"):
+        lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y, progress=False)
