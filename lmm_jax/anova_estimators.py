@@ -113,8 +113,6 @@ def design_estimates(design: Design, method: str = "henderson3",
 
 def _scalar_terms(design: Design) -> list:
     """The random terms, checked to be scalar intercepts, in increasing number of levels."""
-    if not design.terms:
-        raise ValueError("the formula has no random terms; ANOVA estimators need at least one (1 | g)")
     for term in design.terms:
         if term.dim != 1 or not np.all(term.values == 1.0):
             raise ValueError(

@@ -86,7 +86,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False) ->
     """
     parsed = parse_formula(formula)
     if not parsed.random:
-        raise FormulaError(f"formula {formula!r} has no random-effects term such as '(1 | group)'; "
+        raise FormulaError(f"formula {formula!r} has no random terms (such as '(1 | group)'); "
                            "a model without random effects is an ordinary least-squares fit")
     frame = _as_frame(data)
     used = _used_columns(parsed, frame)

@@ -52,7 +52,7 @@ def test_one_level_fixed_factor(sleepstudy):
     ("Reaction ~ Days + + (1 | Subject)", r"empty term"),
     ("Reaction ~ Days + foo(1 | Subject)", r"unknown covariance structure 'foo'"),
     ("Reaction ~ Days + (1 | Sub-ject)", r"grouping factor 'Sub-ject' is not a column name"),
-    ("Reaction ~ Days", r"has no random-effects term"),
+    ("Reaction ~ Days", r"has no random terms"),
 ])
 def test_malformed_formula(sleepstudy, formula, message):
     with pytest.raises(FormulaError, match=message):
