@@ -92,6 +92,7 @@ def differentiable_fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jn
                         objective=objective, loglik=-0.5 * objective)
 
 
+@partial(jax.jit, static_argnames="shape")
 def conditional_modes(arrays: ModelArrays, shape: ModelShape, params: FitParams) -> jnp.ndarray:
     """All terms' conditional modes b̂ at (θ̂, σ̂²), concatenated term by term, level-major."""
     effects = blocked_random_effects(params.theta, cross_products(arrays, shape), shape,

@@ -14,13 +14,16 @@ from lmm_jax.implicit import conditional_modes
 
 
 def _estimates_function(model):
-    """(y, X, weights) -> θ̂, β̂, σ̂² and the BLUPs in one vector, jitted."""
+    """(y, X, weights) -> θ̂, β̂, σ̂² and the BLUPs in one vector, and its jitted jvp.
+
+    The refits run eagerly: `fit_params` reuses its compiled fit, one compilation per model.
+    """
     def estimates(y, X, weights):
         params = model.fit_params(y, X, weights)
         blups = conditional_modes(model.with_arrays(y, X, weights), model.shape, params)
         return jnp.concatenate([params.theta, params.beta, params.sigma2[None], blups])
 
-    return jax.jit(estimates), jax.jit(lambda primals, tangents: jax.jvp(estimates, primals, tangents))
+    return estimates, jax.jit(lambda primals, tangents: jax.jvp(estimates, primals, tangents))
 
 
 def _sparse_direction(rng, shape, n_entries, column=None):
@@ -86,20 +89,20 @@ def crossed_model():
 
 
 def test_sleepstudy_derivatives_match_refits(sleepstudy_model, sleepstudy_functions):
-    assert not bool(sleepstudy_model.fit_params().singular)
+    estimates = sleepstudy_functions[0](*_base(sleepstudy_model))
+    assert np.all(np.abs(np.asarray(estimates)[[0, 2]]) > 1e-2)  # an interior fit
+    np.testing.assert_allclose(sleepstudy_model.blups(), estimates[-36:], rtol=1e-12)
     _check_all(sleepstudy_model, sleepstudy_functions, x_column=1, seed=0)
-    blups = sleepstudy_model.blups()
-    np.testing.assert_allclose(blups, sleepstudy_functions[0](*_base(sleepstudy_model))[-36:],
-                               rtol=1e-10, atol=1e-10)
 
 
 def test_crossed_derivatives_match_refits(crossed_model):
-    assert not bool(crossed_model.fit_params().singular)
-    _check_all(crossed_model, _estimates_function(crossed_model), x_column=1, seed=1)
+    functions = _estimates_function(crossed_model)
+    assert np.all(np.abs(functions[0](*_base(crossed_model))[:2]) > 1e-2)  # an interior fit
+    _check_all(crossed_model, functions, x_column=1, seed=1)
 
 
 def test_jit_vmap_and_reverse_mode(sleepstudy_model, sleepstudy_functions):
-    """vmap over 3 perturbed y equals a loop (forward and reverse mode); grad . v == jvp."""
+    """vmap over 3 perturbed y equals a loop; reverse mode (grad σ̂²) . v == jvp."""
     model = sleepstudy_model
     _, jvp = sleepstudy_functions
     rng = np.random.default_rng(3)
@@ -117,15 +120,9 @@ def test_jit_vmap_and_reverse_mode(sleepstudy_model, sleepstudy_functions):
         np.testing.assert_allclose(batched[0][i], value, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(batched[1][i], tangent, rtol=1e-6, atol=1e-10)
 
-    def sigma2_gradient(y):
-        return jax.grad(lambda v: model.fit_params(v).sigma2)(y)
-
-    gradient = jax.jit(sigma2_gradient)
-    grads = jax.jit(jax.vmap(sigma2_gradient))(ys)
+    gradient = jax.jit(jax.grad(lambda v: model.fit_params(v).sigma2))
     sigma2_index = model.shape.n_theta + X.shape[1]
-    for i, v in enumerate(ys):
-        np.testing.assert_allclose(grads[i], gradient(v), rtol=1e-6, atol=1e-10)
-        np.testing.assert_allclose(grads[i] @ direction, looped[i][1][sigma2_index], rtol=1e-8)
+    np.testing.assert_allclose(gradient(ys[0]) @ direction, looped[0][1][sigma2_index], rtol=1e-8)
 
 
 def test_boundary_entries_are_held_fixed():
@@ -138,8 +135,7 @@ def test_boundary_entries_are_held_fixed():
     noise -= np.bincount(g, noise)[g] / 10  # equal group means: no between-group variation
     data = pd.DataFrame({"y": 2.0 + x + noise, "x": x, "g": [f"g{i}" for i in g]})
     model = lmm_jax.Model.from_formula("y ~ x + (1 | g)", data)
-    params = model.fit_params()
-    assert bool(params.singular) and float(params.theta[0]) == 0.0
+    assert bool(model.fit_params().singular) and float(model.fit_params().theta[0]) == 0.0
     functions = _estimates_function(model)
     direction = jnp.asarray(rng.normal(size=n))
     y, X, weights = _base(model)
