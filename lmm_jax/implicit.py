@@ -84,7 +84,15 @@ def differentiable_fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jn
     """
     fit = fit_arrays(jax.lax.stop_gradient(arrays), shape, jax.lax.stop_gradient(theta0),
                      maxiter=maxiter, evaluator=evaluator)
-    theta = implicit_theta(arrays, fit.theta, shape, evaluator)
+    return estimates_at_optimum(arrays, shape, fit, evaluator)
+
+
+def estimates_at_optimum(arrays: ModelArrays, shape: ModelShape, fit: FitParams,
+                         evaluator: str = "blocked") -> FitParams:
+    """`fit` (a `fit_arrays` result on `arrays`) with θ̂, β̂, σ̂² and the criterion as
+    differentiable functions of `arrays`: differentiate a finished fit without re-running
+    (or compiling) the optimiser."""
+    theta = implicit_theta(arrays, jax.lax.stop_gradient(fit.theta), shape, evaluator)
     profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = criterion(profiled, arrays, shape)
     return fit._replace(theta=theta, beta=profiled.beta,
