@@ -30,12 +30,13 @@ derivative exists; we return the on-boundary branch.)
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from .arrays import ModelArrays, ModelShape, bounded_mask
-from .blocked import blocked_random_effects, cross_products
+from .blocked import blocked_profile, blocked_random_effects, cross_products
 from .model import (FitParams, criterion, deviance_function, fit_arrays, profile_function,
                     sigma2_estimate)
 
@@ -106,3 +107,45 @@ def conditional_modes(arrays: ModelArrays, shape: ModelShape, params: FitParams)
     effects = blocked_random_effects(params.theta, cross_products(arrays, shape), shape,
                                      params.sigma2)
     return jnp.concatenate([modes.reshape(-1) for modes in effects.modes])
+
+
+class Influence(NamedTuple):
+    """∂β̂/∂y (p, n), ∂θ̂/∂y (k, n), ∂β̂/∂w (p, n), ∂θ̂/∂w (k, n): derivatives w.r.t. each
+    observation, and per level of the first random term the approximate change in β̂ when
+    the level's rows are deleted (m₁, p)."""
+
+    dbeta_dy: jnp.ndarray
+    dtheta_dy: jnp.ndarray
+    dbeta_dweights: jnp.ndarray
+    dtheta_dweights: jnp.ndarray
+    group_deletion: jnp.ndarray
+
+
+@partial(jax.jit, static_argnames="shape")
+def influence(arrays: ModelArrays, shape: ModelShape, fit: FitParams) -> Influence:
+    """Per-observation derivatives of β̂ and θ̂ at a finished fit (reverse mode, one pass
+    per output entry).
+
+    Leave-one-group-out (levels of the first random term), without refits: deleting the
+    rows S of a level is setting their weights to 0. θ moves to first order,
+    θ̂₋ₛ ≈ θ̂ - Σ_{i∈S} ∂θ̂/∂w_i w_i, and β̂₋ₛ = β̂(θ̂₋ₛ; data without S) is then the exact
+    GLS solution at that θ (β̂ is a closed form given θ; the purely first-order
+    Δβ̂ ≈ -Σ ∂β̂/∂w_i w_i badly underestimates deletions of whole groups, whose own random
+    effects absorb most of a first-order perturbation)."""
+    def estimates(y, weights):
+        data = ModelArrays(y, arrays.X, weights, arrays.codes, arrays.values)
+        params = estimates_at_optimum(data, shape, fit)
+        return params.beta, params.theta
+
+    (dbeta_dy, dbeta_dw), (dtheta_dy, dtheta_dw) = jax.jacrev(estimates, argnums=(0, 1))(
+        arrays.y, arrays.weights)
+
+    def deleted_beta(level):
+        rows = arrays.codes[0] == level
+        theta = fit.theta - jnp.where(rows, arrays.weights, 0.0) @ dtheta_dw.T
+        weights = jnp.where(rows, 0.0, arrays.weights)
+        data = ModelArrays(arrays.y, arrays.X, weights, arrays.codes, arrays.values)
+        return blocked_profile(theta, cross_products(data, shape), shape).beta - fit.beta
+
+    deletion = jax.vmap(deleted_beta)(jnp.arange(shape.n_levels[0]))
+    return Influence(dbeta_dy, dtheta_dy, dbeta_dw, dtheta_dw, deletion)

@@ -154,3 +154,25 @@ def test_boundary_entries_are_held_fixed():
     _, tangent = functions[1]((y, X, weights), (direction, jnp.zeros_like(X), jnp.zeros(n)))
     assert float(tangent[0]) == 0.0
     _check_directional(model, functions, "y", direction, 1e-5 * float(jnp.std(y)))
+
+
+def test_influence(sleepstudy_model, sleepstudy_functions):
+    """∂β̂/∂y, ∂θ̂/∂y agree with the jvp; leave-one-subject-out agrees with a refit (exactly
+    here: sleepstudy is balanced, so GLS β̂ does not depend on θ and only the deletion is tested)."""
+    model = sleepstudy_model
+    result = model.fit()
+    influence = result.influence()
+    direction = jnp.asarray(np.random.default_rng(4).normal(size=model.arrays.y.shape))
+    y, X, weights = _base(model)
+    _, tangent = sleepstudy_functions[1]((y, X, weights), (direction, jnp.zeros_like(X),
+                                                           jnp.zeros_like(weights)))
+    k, p = model.shape.n_theta, X.shape[1]
+    np.testing.assert_allclose(influence["dtheta_dy"].to_numpy().T @ direction, tangent[:k], rtol=1e-8)
+    np.testing.assert_allclose(influence["dbeta_dy"].to_numpy().T @ direction, tangent[k:k + p],
+                               rtol=1e-8)
+    data = lmm_jax.datasets.load("sleepstudy")
+    subject = influence["group_deletion"].index[0]
+    refit = lmm_jax.Model.from_formula("Reaction ~ Days + (Days | Subject)",
+                                       data[data.Subject.astype(str) != subject]).fit()
+    np.testing.assert_allclose(influence["group_deletion"].iloc[0], refit.fixef - result.fixef,
+                               rtol=1e-6, atol=1e-8)
