@@ -171,9 +171,23 @@ class Model:
 
     def fit_params(self, y=None, X=None, weights=None, theta0=None,
                    evaluator: str = "blocked") -> FitParams:
-        """The estimates as a pure function of y (and optionally X, weights): jit/vmap-able."""
+        """The estimates as a pure function of y (and optionally X, weights): jit/vmap-able,
+        and differentiable w.r.t. y, X and weights by the implicit function theorem
+        (`implicit.py`; bounded θ entries at exactly 0 are held fixed)."""
+        from .implicit import differentiable_fit_arrays
+
         theta0 = self.initial_theta() if theta0 is None else jnp.asarray(theta0)
-        return fit_arrays(self.with_arrays(y, X, weights), self.shape, theta0, evaluator=evaluator)
+        return differentiable_fit_arrays(self.with_arrays(y, X, weights), self.shape, theta0,
+                                         evaluator=evaluator)
+
+    def blups(self, y=None, X=None, weights=None, theta0=None) -> jnp.ndarray:
+        """Conditional modes b̂ of all terms at the fit, concatenated term by term and
+        level-major (term 1's levels' p₁ effects, then term 2's, ...); differentiable
+        w.r.t. y, X and weights like `fit_params`."""
+        from .implicit import conditional_modes
+
+        params = self.fit_params(y, X, weights, theta0)
+        return conditional_modes(self.with_arrays(y, X, weights), self.shape, params)
 
     def fit(self):
         """Fit and return a `FitResult` with lme4's summaries."""

@@ -143,6 +143,22 @@ class FitResult:
             out.setdefault(term.group, []).append(frame)
         return {group: pd.concat(frames, axis=1) for group, frames in out.items()}
 
+    def influence(self) -> dict:
+        """Influence of each observation (implicit-function-theorem derivatives at the fit):
+        'dbeta_dy' (n x p) and 'dtheta_dy' (n x k) DataFrames, and per grouping factor of the
+        first random term 'group_deletion': the approximate change in β̂ when a level's rows
+        are deleted (first-order θ change, exact GLS β̂ at it; `implicit.influence`)."""
+        from .implicit import influence
+
+        out = jax.device_get(influence(self.model.arrays, self.model.shape, self.params))
+        names = list(self.design.fixed_names)
+        term = self.design.terms[0]
+        deletion = np.asarray(out.group_deletion)
+        return {"dbeta_dy": pd.DataFrame(np.asarray(out.dbeta_dy).T, columns=names),
+                "dtheta_dy": pd.DataFrame(np.asarray(out.dtheta_dy).T),
+                "group_deletion": pd.DataFrame(deletion, columns=names,
+                                               index=pd.Index(term.levels, name=term.group))}
+
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:
         """Predictions Xβ̂ (+ Zb̂ when `random_effects`); levels unseen in the fit get the
