@@ -23,6 +23,7 @@ a different design).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -77,7 +78,7 @@ class BatchResult:
 
 def _fit_one_with_se(y, arrays: ModelArrays, shape: ModelShape, theta0):
     """`fit_arrays` for one response, plus SE(β̂) from (X'V₀⁻¹X)⁻¹ at θ̂."""
-    arrays = ModelArrays(y, arrays.X, arrays.weights, arrays.codes, arrays.values)
+    arrays = dataclasses.replace(arrays, y=y)
     params = fit_arrays(arrays, shape, theta0)
     xtvx_inv = blocked_xtvx_inverse(params.theta, cross_products(arrays, shape), shape)
     return params, jnp.sqrt(params.sigma2 * jnp.diagonal(xtvx_inv))

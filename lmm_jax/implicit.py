@@ -29,6 +29,7 @@ derivative exists; we return the on-boundary branch.)
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -133,7 +134,7 @@ def influence(arrays: ModelArrays, shape: ModelShape, fit: FitParams) -> Influen
     Δβ̂ ≈ -Σ ∂β̂/∂w_i w_i badly underestimates deletions of whole groups, whose own random
     effects absorb most of a first-order perturbation)."""
     def estimates(y, weights):
-        data = ModelArrays(y, arrays.X, weights, arrays.codes, arrays.values)
+        data = dataclasses.replace(arrays, y=y, weights=weights)
         params = estimates_at_optimum(data, shape, fit)
         return params.beta, params.theta
 
@@ -144,7 +145,7 @@ def influence(arrays: ModelArrays, shape: ModelShape, fit: FitParams) -> Influen
         rows = arrays.codes[0] == level
         theta = fit.theta - jnp.where(rows, arrays.weights, 0.0) @ dtheta_dw.T
         weights = jnp.where(rows, 0.0, arrays.weights)
-        data = ModelArrays(arrays.y, arrays.X, weights, arrays.codes, arrays.values)
+        data = dataclasses.replace(arrays, weights=weights)
         return blocked_profile(theta, cross_products(data, shape), shape).beta - fit.beta
 
     deletion = jax.vmap(deleted_beta)(jnp.arange(shape.n_levels[0]))

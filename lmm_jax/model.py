@@ -18,12 +18,12 @@ With `known_scale=True` the prior weights are the known inverse residual varianc
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import _config  # noqa: F401  (float64)
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
@@ -162,7 +162,7 @@ class Model:
                 old = getattr(arrays, name)
                 if value.shape != old.shape:
                     raise ValueError(f"{name} must have shape {old.shape}, got {value.shape}")
-                arrays = ModelArrays(**{**arrays.__dict__, name: value})
+                arrays = dataclasses.replace(arrays, **{name: value})
         return arrays
 
     def deviance(self, theta, y=None, evaluator: str = "blocked"):
