@@ -84,7 +84,8 @@ class FitResult:
 
     @property
     def df_model(self) -> int:
-        return self.design.n_fixed + len(self.theta) + 1
+        """p + dim(θ) + 1 (σ²); without the 1 when the residual scale is known."""
+        return self.design.n_fixed + len(self.theta) + (0 if self.model.shape.known_scale else 1)
 
     @property
     def aic(self) -> float:

@@ -47,7 +47,8 @@ def _random_effects(result) -> str:
         for i, name in enumerate(term.column_names):
             corrs = " ".join(f"{corr[i, j]:5.2f}" for j in range(i))
             rows.append([term.name if i == 0 else "", name, f"{cov[i, i]:.4g}", f"{sd[i]:.4g}", corrs])
-    rows.append(["Residual", "", f"{result.sigma ** 2:.4g}", f"{result.sigma:.4g}", ""])
+    residual = "Residual (known)" if result.model.shape.known_scale else "Residual"
+    rows.append([residual, "", f"{result.sigma ** 2:.4g}", f"{result.sigma:.4g}", ""])
     header = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
     if not any(r[4] for r in rows):
         header, rows = header[:4], [r[:4] for r in rows]
