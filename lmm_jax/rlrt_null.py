@@ -47,13 +47,20 @@ def profile(lam: jnp.ndarray, w2: jnp.ndarray, chi_rest: jnp.ndarray, mu: jnp.nd
 
 
 def _chunk_statistics(key, mu, grid, n0, df_rest, chunk: int):
-    """RLRT draws for one chunk: grid maximum, then golden-section refinement in log λ.
+    """RLRT draws for one chunk (`statistics` of fresh normal and χ² variates).
 
     n0 = n - p and df_rest = n - p - K are traced (one compiled program per K and chunk)."""
     k_w, k_chi = jax.random.split(key)
     w2 = jax.random.normal(k_w, (chunk, mu.shape[0])) ** 2
     gamma = jax.random.gamma(k_chi, jnp.maximum(df_rest, 1.0) / 2.0, (chunk,))
     chi_rest = jnp.where(df_rest > 0, 2.0 * gamma, 0.0)  # χ²_{df} = 2 Gamma(df/2)
+    return statistics(w2, chi_rest, mu, grid, n0)
+
+
+def statistics(w2, chi_rest, mu, grid, n0):
+    """The RLRT of each draw (rows of w2 (draws, K), chi_rest (draws,)): the maximum of
+    `profile` over the grid, refined by golden-section search between the best point's
+    grid neighbours (in log λ)."""
     lm = grid[:, None] * mu[None, :]  # (g, K)
     numerator = w2 @ (lm / (1.0 + lm)).T
     denominator = w2 @ (1.0 / (1.0 + lm)).T + chi_rest[:, None]

@@ -146,6 +146,35 @@ def test_rlrt_of_one_term_among_several(pastes_two_terms):
     assert_p_within_mc(out, PASTES_BATCH_RLRT)
 
 
+def test_null_statistics_equal_a_python_loop():
+    """The vectorised sup over λ of (n-p) log(1 + N/D) - Σ log(1 + λμ) equals, draw by draw,
+    a loop maximising on a 100-times finer grid and then with scipy's bounded Brent."""
+    from scipy.optimize import minimize_scalar
+
+    from lmm_jax.rlrt_null import lambda_grid, statistics
+
+    rng = np.random.default_rng(3)
+    mu, n0, df_rest, draws = np.array([1.0, 0.8, 0.5, 0.3, 0.05, 1e-3]), 29.0, 23, 40
+    w2, chi_rest = rng.standard_normal((draws, mu.size)) ** 2, rng.chisquare(df_rest, draws)
+    ours = np.asarray(statistics(w2, chi_rest, mu, lambda_grid(), n0))
+
+    def profile(log_lam, w, chi):  # one draw, at one or several values of log λ
+        lm = np.exp(np.asarray(log_lam))[..., None] * mu
+        ratio = np.sum(lm / (1 + lm) * w, axis=-1) / (np.sum(w / (1 + lm), axis=-1) + chi)
+        return n0 * np.log1p(ratio) - np.sum(np.log1p(lm), axis=-1)
+
+    fine = np.linspace(-10.0, 8.0, 20000)
+    for i in range(draws):
+        values = profile(fine, w2[i], chi_rest[i])
+        j = int(np.argmax(values))
+        bounds = (fine[max(j - 1, 0)], fine[min(j + 1, fine.size - 1)])
+        best = minimize_scalar(lambda t: -profile(t, w2[i], chi_rest[i]), bounds=bounds,
+                               method="bounded", options={"xatol": 1e-10})
+        expected = max(0.0, values[j], -best.fun)
+        assert ours[i] == pytest.approx(expected, abs=1e-8), i
+    assert 0 < np.mean(ours > 0) < 1  # both cases (sup at λ = 0 and inside) were exercised
+
+
 def test_rlrt_of_a_zero_variance_is_one():
     case = load_case("dyestuff2_reml")
     out = lmm_jax.rlrt(lmm_jax.fit(case["formula"], case_data(case)))
