@@ -64,9 +64,15 @@ def find_term(design: Design, term: str | None) -> int:
                      f"{available_terms(design)}")
 
 
+DENSE_LIMIT = 2 ** 27  # entries (1 GiB of float64): the dense tests refuse bigger Z blocks
+
+
 def dense_z(term: RandomTerm) -> np.ndarray:
     """Z_k (n x levels·dim): row i holds term.values[i] in the columns of its level."""
     n, dim = term.values.shape
+    if n * term.n_levels * dim > DENSE_LIMIT:
+        raise ValueError(f"term {term_label(term)} would need a dense {n} x {term.n_levels * dim} "
+                         "matrix, too large for this test (it works on dense matrices)")
     z = np.zeros((n, term.n_levels * dim))
     columns = term.codes[:, None] * dim + np.arange(dim)[None, :]
     np.put_along_axis(z, columns, term.values, axis=1)

@@ -208,6 +208,14 @@ def test_exact_f_matches_two_ols_fits(case_id, formula, term):
     assert out["p_value"] == pytest.approx(case["p_value"], rel=1e-6)
 
 
+def test_exact_f_unbalanced_with_a_covariate():
+    # R 4.2.2: anova(lm(MathAch ~ SES, d), lm(MathAch ~ SES + factor(School), d))
+    out = lmm_jax.exact_f_test("MathAch ~ SES + (1 | School)", lmm_jax.datasets.load("mathachieve"))
+    assert (out["df1"], out["df2"]) == (159, 7024)
+    assert out["F"] == pytest.approx(6.07192718860326, rel=1e-8)
+    assert out["p_value"] == pytest.approx(2.01884336721343e-106, rel=1e-6)
+
+
 def test_exact_f_refusals():
     pastes = lmm_jax.datasets.load("pastes")
     with pytest.raises(ValueError, match=r"\(1 \| plate\).*available.*\(1 \| batch\)"):
