@@ -7,11 +7,15 @@ from .anova_estimators import anova_start as anova_start
 from .api import fit as fit
 from .batch import BatchResult as BatchResult
 from .batch import fit_batch as fit_batch
+from .compare import compare as compare
+from .exact_f import exact_f_test as exact_f_test
 from .fay_herriot import fay_herriot as fay_herriot
 from .design import DataError as DataError
 from .formula import FormulaError as FormulaError
+from .lrt import lrt as lrt
 from .model import FitParams as FitParams
 from .model import Model as Model
 from .results import FitResult as FitResult
+from .rlrt import rlrt as rlrt
 
 __version__ = "0.1.0"
