@@ -29,12 +29,6 @@ def information_at(model, phi):
     return information_matrices(model.arrays, model.shape, held, theta, sigma2, beta)
 
 
-@pytest.fixture(scope="module")
-def unbalanced(sleepstudy):
-    """sleepstudy without every 7th row: observed and expected information differ."""
-    return sleepstudy.drop(index=sleepstudy.index[::7])
-
-
 @pytest.mark.parametrize("case_id", ["dyestuff_fisher_reml", "pastes_fisher_ml"])
 def test_expected_information_matches_reference(case_id):
     case = load_case(case_id)
@@ -125,12 +119,7 @@ def central_difference_hessian(f, x, steps):
     return (4 * at_step(steps) - at_step(2 * steps)) / 3
 
 
-@pytest.fixture(scope="module")
-def sleep_fits(sleepstudy, unbalanced):
-    return {(method, balanced): lmm_jax.fit(SLEEP, sleepstudy if balanced else unbalanced, method=method)
-            for method in ("REML", "ML") for balanced in (True, False)}
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["REML", "ML"])
 @pytest.mark.parametrize("balanced", [True, False])
 def test_information_against_dense_and_finite_differences(sleep_fits, method, balanced):
@@ -156,6 +145,7 @@ def test_information_against_dense_and_finite_differences(sleep_fits, method, ba
     np.testing.assert_allclose(table.se_observed, np.sqrt(np.diag(np.linalg.inv(numerical))), rtol=2e-6)
 
 
+@pytest.mark.slow
 def test_observed_ml_information_of_beta_and_phi(sleep_fits):
     """ML: the blocked Hessian of -ℓ(β, φ) against a dense one; its β block is X'V⁻¹X and the
     φ block of its inverse is that of the β-profiled deviance (a Schur complement)."""
