@@ -132,6 +132,26 @@ class FitResult:
         return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
                 for r in rows]
 
+    def variance_components(self):
+        """Variances and covariances (varcorr order, residual last) with SEs from the inverse
+        expected and observed information on the variance scale (`information.py`)."""
+        from .information import variance_components
+
+        return variance_components(self)
+
+    def fisher_information(self, kind: str = "expected"):
+        """Information matrix of (β, variances/covariances), named (`information.py`)."""
+        from .information import fisher_information
+
+        return fisher_information(self, kind)
+
+    def robust_vcov(self) -> dict:
+        """Cluster-robust (sandwich) covariances of β̂ and of the variance components,
+        clustered by the outermost grouping factor (`robust.py`)."""
+        from .robust import robust_vcov
+
+        return robust_vcov(self)
+
     # ----- random effects ---------------------------------------------------------
     def ranef(self, cond_sd: bool = False) -> dict[str, pd.DataFrame]:
         """Conditional modes per grouping factor (levels x terms), as lme4's `ranef`; with

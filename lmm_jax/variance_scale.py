@@ -90,14 +90,20 @@ def engine_parameters(phi: jnp.ndarray, shape: ModelShape) -> tuple[jnp.ndarray,
     return jnp.concatenate(thetas), sigma2
 
 
-def _profiled_at(phi, arrays: ModelArrays, shape: ModelShape):
-    theta, sigma2 = engine_parameters(phi, shape)
-    return blocked_profile(theta, cross_products(arrays, shape), shape), sigma2
-
-
 def deviance_on_variance_scale(phi: jnp.ndarray, arrays: ModelArrays, shape: ModelShape):
     """-2ℓ_R(φ) (REML) or -2ℓ(φ) (ML, β profiled), σ² not profiled (module docstring)."""
-    profiled, sigma2 = _profiled_at(phi, arrays, shape)
+    return deviance_at(*engine_parameters(phi, shape), arrays, shape)
+
+
+def log_determinants(phi: jnp.ndarray, arrays: ModelArrays, shape: ModelShape):
+    """log|V| + log|X'V⁻¹X| (REML) or log|V| (ML) at φ: -½ its Hessian is the expected information."""
+    return log_determinants_at(*engine_parameters(phi, shape), arrays, shape)
+
+
+def deviance_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape):
+    """`deviance_on_variance_scale` at the engine's (θ, σ²) (information.py holds a boundary
+    term's Σ_k fixed through θ, where φ -> θ is not differentiable)."""
+    profiled = blocked_profile(theta, cross_products(arrays, shape), shape)
     n, p = arrays.X.shape
     d = n - p if shape.reml else n
     out = profiled.logdet_v + d * jnp.log(2.0 * jnp.pi * sigma2) + profiled.rss / sigma2
@@ -106,9 +112,9 @@ def deviance_on_variance_scale(phi: jnp.ndarray, arrays: ModelArrays, shape: Mod
     return out
 
 
-def log_determinants(phi: jnp.ndarray, arrays: ModelArrays, shape: ModelShape):
-    """log|V| + log|X'V⁻¹X| (REML) or log|V| (ML) at φ: -½ its Hessian is the expected information."""
-    profiled, sigma2 = _profiled_at(phi, arrays, shape)
+def log_determinants_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape):
+    """`log_determinants` at the engine's (θ, σ²)."""
+    profiled = blocked_profile(theta, cross_products(arrays, shape), shape)
     n, p = arrays.X.shape
     out = profiled.logdet_v + n * jnp.log(sigma2)
     if shape.reml:

@@ -30,3 +30,13 @@ def case_data(case: dict):
 @pytest.fixture(scope="session")
 def sleepstudy():
     return lmm_jax.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def sleep_fits(sleepstudy):
+    """sleepstudy (Days | Subject) fits by (method, balanced); unbalanced: every 7th row dropped
+    (observed and expected information differ). Shared by test_information and test_robust."""
+    unbalanced = sleepstudy.drop(index=sleepstudy.index[::7])
+    return {(method, balanced): lmm_jax.fit("Reaction ~ Days + (Days | Subject)",
+                                            sleepstudy if balanced else unbalanced, method=method)
+            for method in ("REML", "ML") for balanced in (True, False)}
