@@ -2,6 +2,7 @@
 
     result = lmm_jax.fit_batch("expr ~ Days + (Days | Subject)", data, responses=Y)
     result.to_frame()        # one row per response: beta[...], se[...], theta[...], sigma, ...
+    lmm_jax.fit_batch(formula, datasets=[df1, df2, ...])   # one model, data sets of any sizes
 
 Each column of Y (n x B) replaces the formula's response in turn; X, Z and the prior
 weights are built once. The fit of one response is `model.fit_arrays`, plus the standard
@@ -15,6 +16,10 @@ so the program is compiled once; the chunk length is a multiple of the batch siz
 Why `lax.map` with a batch size and not one `vmap` over all B: jaxlib's CPU backend runs
 batched LAPACK kernels on the thread pool they wait on, and a vmap over thousands of fits
 was seen to hang (small_linalg.py); vmapped groups of 64 inside a sequential map did not.
+
+Data sets of different sizes are padded into bucketed shapes (`ragged.py`); chunks are
+split over all local devices (`sharding.py`); `dtype="float32"` runs in single precision
+(`batch_runner.py`).
 
 Rows dropped from `data` for missing values in the design's columns are dropped from Y
 too; a missing value left in Y is an error naming the column (a different row set would be
@@ -183,13 +188,12 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
         raise ValueError("fit_batch needs data and responses (one design, B responses) or datasets=")
     model = Model.from_formula(formula, _design_frame(formula, data), method)
     ys, names = _responses(responses, data, model.design)
-    arrays = cast_floats(model.arrays, dtype)
+    arrays, theta0 = cast_floats(model.arrays, dtype), model.shape.initial_theta()
 
     def call(chunk, batch_size):
         return fit_responses(chunk, arrays, model.shape, jnp.asarray(theta0, dtype),
                              batch_size=batch_size, mesh=mesh)
 
-    theta0 = model.shape.initial_theta()
     params, se = run_in_chunks(call, ys, batch_size=batch_size, chunk_size=chunk_size, mesh=mesh,
                                dtype=dtype, progress=progress)
     return _result(names, model.design.fixed_names, model.method, params, se)
