@@ -75,7 +75,8 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
     xy_block = jnp.concatenate([blk.T for blk in (r[:, -xy.shape[1]:] for r in rows)]
                                + [(w[:, None] * xy).T @ xy], axis=1)
     rtr = jnp.concatenate(rows + [xy_block], axis=0)
-    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(jnp.log(w)))
+    log_w = jnp.log(jnp.where(w > 0, w, 1.0))  # rows of weight 0 (padding) are not observations
+    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(log_w))
 
 
 def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):

@@ -82,9 +82,16 @@ def profile_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "b
     return lambda theta: blocked_profile(theta, cp, shape)
 
 
+def observation_count(arrays: ModelArrays, shape: ModelShape) -> tuple:
+    """(n, p); in a padded model (`ModelShape.padded`: `ragged.py`'s batches) n counts the
+    rows of positive prior weight only, as padding rows have weight 0."""
+    n, p = arrays.X.shape
+    return (jnp.sum(arrays.weights > 0) if shape.padded else n), p
+
+
 def criterion(profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
     """-2ℓ or -2ℓ_R from `Profiled`: σ² profiled out, or fixed at 1 for a known scale."""
-    n, p = arrays.X.shape
+    n, p = observation_count(arrays, shape)
     if not shape.known_scale:
         return profiled_deviance(profiled, n, p, shape.reml)
     logdet_xtx = jnp.linalg.slogdet(arrays.X.T @ arrays.X)[1] if shape.reml else 0.0
@@ -95,7 +102,7 @@ def sigma2_estimate(profiled: Profiled, arrays: ModelArrays, shape: ModelShape) 
     """σ̂² = r²/d, or 1 for a known scale."""
     if shape.known_scale:
         return jnp.ones_like(profiled.rss)
-    n, p = arrays.X.shape
+    n, p = observation_count(arrays, shape)
     return profiled_sigma2(profiled, n, p, shape.reml)
 
 
