@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
-from .structures import CholeskyFactor, CovarianceStructure
+from .custom_structures import structure_for_term
+from .structures import CovarianceStructure
 
 RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
 
@@ -184,7 +185,7 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame) -> list[RandomTerm
     for spec in parsed.random:
         levels, codes = _grouping_codes(spec, frame)
         values, columns, model_spec = _term_matrix(spec, frame)
-        structure = CholeskyFactor(len(columns))
+        structure = structure_for_term(spec.structure, columns, values, spec.source)
         built.append((spec, levels, codes, values, columns, structure, model_spec))
     built.sort(key=lambda item: -len(item[1]))  # stable: ties keep formula order
     seen: dict[str, int] = {}

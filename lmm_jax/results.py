@@ -131,6 +131,12 @@ class FitResult:
         return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
                 for r in rows]
 
+    def structure_parameters(self) -> list[dict]:
+        """Per term: its structure keyword, θ̂ entries with names, derived values such as ρ."""
+        from .structure_report import structure_parameters
+
+        return structure_parameters(self)
+
     # ----- random effects ---------------------------------------------------------
     def ranef(self, cond_sd: bool = False) -> dict[str, pd.DataFrame]:
         """Conditional modes per grouping factor (levels x terms), as lme4's `ranef`; with

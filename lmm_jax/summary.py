@@ -54,7 +54,9 @@ def _random_effects(result) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     lines = [" " + " ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
              for line in [header] + rows]
-    return "Random effects:\n" + "\n".join(lines) + "\n"
+    from .structure_report import summary_lines
+
+    return "Random effects:\n" + "\n".join(lines) + "\n" + summary_lines(result)
 
 
 def _counts(result) -> str:
