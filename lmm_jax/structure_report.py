@@ -43,7 +43,10 @@ def summary_lines(result) -> str:
 
 def theta_covariance(result) -> np.ndarray:
     """2 H⁻¹ with H the exact Hessian of the fit's criterion at θ̂ (see the module docstring)."""
-    hessian = jax.hessian(lambda theta: result.model.deviance(theta))(jnp.asarray(result.theta))
+    from .model import deviance_function
+
+    model = result.model
+    hessian = jax.jit(jax.hessian(deviance_function(model.arrays, model.shape)))(jnp.asarray(result.theta))
     return 2.0 * np.linalg.inv(np.asarray(hessian))
 
 

@@ -39,7 +39,7 @@ def _scaled_residuals(result) -> str:
 
 def _random_effects(result) -> str:
     rows = []
-    for term, rel in zip(result.design.terms, result._rel_cov):
+    for term, rel in zip(result.report_terms, result._rel_cov):
         cov = result.sigma ** 2 * rel
         sd = np.sqrt(np.diag(cov))
         with np.errstate(invalid="ignore", divide="ignore"):

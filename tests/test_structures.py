@@ -265,3 +265,64 @@ def test_diag_keyword_on_a_factor_is_one_diagonal_term(frames):
     model = lmm_jax.Model.from_formula("y ~ x + diag(0 + f | g)", frames["first"])
     (term,) = model.design.terms
     assert isinstance(term.structure, lmm_jax.Diagonal) and term.dim == 3
+
+
+def known_data(m: int = 40, seed: int = 2):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(m, m // 2))
+    kinship = a @ a.T / (m // 2)  # rank m/2: positive semi-definite, singular
+    levels = [f"id{i:03d}" for i in range(m)]
+    ids = np.repeat(np.arange(m), 3)
+    alpha = 1.2 * a @ rng.normal(size=m // 2) / np.sqrt(m // 2)
+    x = rng.normal(size=ids.size)
+    frame = pd.DataFrame({"y": 1 + x + alpha[ids] + rng.normal(size=ids.size), "x": x,
+                          "id": [levels[i] for i in ids]})
+    return frame, pd.DataFrame(kinship, index=levels, columns=levels)
+
+
+def test_known_relationship_matrix_likelihood():
+    """The criterion at θ equals the textbook ML deviance with V = σ²(θ² Z K Z' + I) computed
+    directly in numpy; a shuffled DataFrame K gives the same fit; K = I is lme4's (1 | id)."""
+    frame, kinship = known_data()
+    result = lmm_jax.fit("y ~ x + (1 | id)", frame, method="ML", known={"id": kinship})
+    assert result.converged
+    z = pd.get_dummies(frame["id"]).to_numpy(float)
+    X = np.column_stack([np.ones(len(frame)), frame["x"]])
+    y = frame["y"].to_numpy()
+    for theta in (0.5, float(result.theta[0])):
+        v0 = theta ** 2 * z @ kinship.to_numpy() @ z.T + np.eye(len(y))
+        beta = np.linalg.solve(X.T @ np.linalg.solve(v0, X), X.T @ np.linalg.solve(v0, y))
+        r = y - X @ beta
+        n = len(y)
+        expected = np.linalg.slogdet(v0)[1] + n * (1 + np.log(2 * np.pi * r @ np.linalg.solve(v0, r) / n))
+        assert float(result.model.deviance(jnp.asarray([theta]))) == pytest.approx(expected, rel=1e-10)
+    order = np.random.default_rng(0).permutation(len(kinship))
+    shuffled = lmm_jax.Model.from_formula("y ~ x + (1 | id)", frame, "ML",
+                                          known={"id": kinship.iloc[order, order]})
+    assert float(shuffled.deviance(jnp.asarray([0.7]))) == pytest.approx(
+        float(result.model.deviance(jnp.asarray([0.7]))), rel=1e-12)
+    (row,) = [r for r in result.varcorr() if r["group"] == "id"]
+    assert row["var1"] == "(Intercept)" and row["vcov"] == pytest.approx((result.theta[0] * result.sigma) ** 2)
+    assert result.ranef()["id"].shape == (40, 1)
+    np.testing.assert_allclose(result.predict(frame), result.fitted, rtol=1e-10)
+    identity = pd.DataFrame(np.eye(40), index=kinship.index, columns=kinship.index)
+    plain = lmm_jax.Model.from_formula("y ~ x + (1 | id)", frame, "ML")
+    with_identity = lmm_jax.Model.from_formula("y ~ x + (1 | id)", frame, "ML", known={"id": identity})
+    assert float(with_identity.deviance(jnp.asarray([0.7]))) == pytest.approx(
+        float(plain.deviance(jnp.asarray([0.7]))), rel=1e-12)
+
+
+@pytest.mark.parametrize("known, message", [
+    ({"id": np.ones((3, 4))}, "must be square"),
+    ({"id": np.eye(39)}, "is 39 x 39 but the data have 40 levels"),
+    ({"id": np.triu(np.ones((40, 40)))}, "not symmetric"),
+    ({"id": -np.eye(40)}, "not positive semi-definite"),
+    ({"idx": np.eye(40)}, "'idx', which is not a grouping factor"),
+    ({"id": pd.DataFrame(np.eye(2), index=["id000", "zz"], columns=["id000", "zz"])}, "lacks 39 level"),
+])
+def test_known_matrix_errors(known, message):
+    frame, _ = known_data()
+    with pytest.raises(ValueError, match=message):
+        lmm_jax.Model.from_formula("y ~ x + (1 | id)", frame, known=known)
+    with pytest.raises(ValueError, match="random intercept"):
+        lmm_jax.Model.from_formula("y ~ x + (x | id)", frame, known={"id": np.eye(40)})
