@@ -5,7 +5,8 @@ from __future__ import annotations
 from .model import Model
 
 
-def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None):
+def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None,
+        known=None):
     """Fit a linear mixed model written in lme4's formula syntax.
 
     >>> import lmm_jax
@@ -15,6 +16,8 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
 
     `method` is "REML" (default) or "ML"; `data` a DataFrame or a dict of arrays (never
     modified); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
-    Returns a `FitResult`.
+    `known`: {grouping factor: K} gives a term (1 | g) the covariance σ_g² K for a known
+    relationship matrix K over g's levels (`known_covariance.py`). Returns a `FitResult`.
     """
-    return Model.from_formula(formula, data, method, weights=weights, data_name=data_name).fit()
+    return Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
+                              known=known).fit()

@@ -3,7 +3,8 @@
 Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov}, sigma, theta,
 varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
 bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
-singular, ranef {group: {levels, terms, values, cond_sd}}. An undefined correlation (a
+singular, ranef {group: {levels, terms, values, cond_sd}}, structure_parameters (per term:
+group, structure keyword, theta_names, theta, derived values such as rho). An undefined correlation (a
 term with zero variance) is None.
 """
 
@@ -27,6 +28,7 @@ def result_to_dict(result) -> dict:
         },
         "sigma": result.sigma,
         "theta": _floats(result.theta),
+        "structure_parameters": result.structure_parameters(),
         "varcorr": [{key: (None if isinstance(v, float) and np.isnan(v) else v) for key, v in row.items()}
                     for row in result.varcorr()],
         "loglik": result.loglik,

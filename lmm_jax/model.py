@@ -146,15 +146,17 @@ class Model:
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
-                     data_name: str | None = None, known_scale: bool = False) -> "Model":
+                     data_name: str | None = None, known_scale: bool = False, known=None) -> "Model":
         """Build the design of `formula` on `data` (a DataFrame or dict of arrays).
 
         `known_scale=True`: the residual variances are known, Var(ε_i) = 1/weights_i, and
         σ² = 1 is fixed instead of estimated (Fay-Herriot, meta-analysis: weights = 1/D).
-        A grouping factor may then have one level per row.
+        A grouping factor may then have one level per row. `known`: {grouping factor: K}, a
+        known relationship matrix for a term (1 | g) (`known_covariance.py`).
         """
         _is_reml(method)
-        return cls(build_design(formula, data, weights, known_scale), method, data_name, known_scale)
+        return cls(build_design(formula, data, weights, known_scale, known), method, data_name,
+                   known_scale)
 
     def initial_theta(self) -> jnp.ndarray:
         return jnp.asarray(self.shape.initial_theta())

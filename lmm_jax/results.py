@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .arrays import ModelArrays, ModelShape, relative_factors
+from .known_covariance import report_arrays
 from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
 from .newton import STATUS_MESSAGES
 
@@ -52,9 +53,10 @@ class FitResult:
         self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
         self.fitted = np.asarray(fitted)
         self.residuals = self.design.y - self.fitted
-        self._modes = [np.asarray(m) for m in effects.modes]
-        self._cond_cov = [np.asarray(c) for c in effects.cond_cov]
-        self._rel_cov = [np.asarray(c) for c in rel_cov]
+        self.report_terms = tuple(term.reported for term in self.design.terms)
+        self._modes, self._cond_cov, self._rel_cov = report_arrays(
+            self.design.terms, [np.asarray(m) for m in effects.modes],
+            [np.asarray(c) for c in effects.cond_cov], [np.asarray(c) for c in rel_cov])
 
     # ----- scalar summaries -------------------------------------------------------
     @property
@@ -106,7 +108,7 @@ class FitResult:
     @property
     def ngroups(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for term in self.design.terms:
+        for term in self.report_terms:
             out.setdefault(term.group, term.n_levels)
         return out
 
@@ -116,7 +118,7 @@ class FitResult:
         covariances (lower triangle, column by column), the residual last."""
         rows = []
         s2 = self.sigma ** 2
-        for term, rel in zip(self.design.terms, self._rel_cov):
+        for term, rel in zip(self.report_terms, self._rel_cov):
             cov = s2 * rel
             sd = np.sqrt(np.diag(cov))
             names = term.column_names
@@ -151,13 +153,18 @@ class FitResult:
         from .robust import robust_vcov
 
         return robust_vcov(self)
+    def structure_parameters(self) -> list[dict]:
+        """Per term: its structure keyword, θ̂ entries with names, derived values such as ρ."""
+        from .structure_report import structure_parameters
+
+        return structure_parameters(self)
 
     # ----- random effects ---------------------------------------------------------
     def ranef(self, cond_sd: bool = False) -> dict[str, pd.DataFrame]:
         """Conditional modes per grouping factor (levels x terms), as lme4's `ranef`; with
         `cond_sd=True` the conditional standard deviations instead."""
         out: dict[str, list] = {}
-        for term, modes, cov in zip(self.design.terms, self._modes, self._cond_cov):
+        for term, modes, cov in zip(self.report_terms, self._modes, self._cond_cov):
             values = np.sqrt(np.diagonal(cov, axis1=1, axis2=2)) if cond_sd else modes
             frame = pd.DataFrame(values, index=pd.Index(term.levels, name=term.group),
                                  columns=list(term.column_names))

@@ -39,7 +39,7 @@ def _scaled_residuals(result) -> str:
 
 def _random_effects(result) -> str:
     rows = []
-    for term, rel in zip(result.design.terms, result._rel_cov):
+    for term, rel in zip(result.report_terms, result._rel_cov):
         cov = result.sigma ** 2 * rel
         sd = np.sqrt(np.diag(cov))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -55,7 +55,9 @@ def _random_effects(result) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     lines = [" " + " ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
              for line in [header] + rows]
-    return "Random effects:\n" + "\n".join(lines) + "\n"
+    from .structure_report import summary_lines
+
+    return "Random effects:\n" + "\n".join(lines) + "\n" + summary_lines(result)
 
 
 def _counts(result) -> str:
