@@ -123,39 +123,46 @@ def profile_end(deviance, psi_hat, d_hat, hess, w, direction, z, lower, upper,
     return value, final.status
 
 
-def ml_estimates(arrays: ModelArrays, shape: ModelShape, theta0):
-    """(ψ̂, D̂, ML shape): the ML fit on the sd/cor scale, with β appended."""
-    shape = ml_shape(shape)
-    fit = fit_arrays(arrays, shape, theta0)
+def sdcor_estimates(fit, shape: ModelShape):
+    """(ψ̂, D̂) from an ML fit's `FitParams`: ψ on the sd/cor scale with β appended."""
     sigma = jnp.sqrt(fit.sigma2)
-    psi_hat = jnp.concatenate([theta_to_sdcor(fit.theta, sigma, shape)[:n_variance(shape)], fit.beta])
-    return psi_hat, fit.objective, shape
+    variance = theta_to_sdcor(jnp.asarray(fit.theta), sigma, shape)[:n_variance(shape)]
+    return jnp.concatenate([variance, jnp.asarray(fit.beta)]), jnp.asarray(fit.objective)
 
 
-@partial(jax.jit, static_argnames=("shape", "which"))
-def profile_limits(arrays: ModelArrays, shape: ModelShape, theta0, z, which: tuple[int, ...]):
-    """`ProfileLimits` for the coordinates `which` of ψ (a pure function of the arrays:
-    `jax.lax.map` it over responses). All ends run in one `lax.map`, one compiled program."""
-    psi_hat, d_hat, shape = ml_estimates(arrays, shape, theta0)
+def ml_estimates(arrays: ModelArrays, shape: ModelShape, theta0):
+    """(ψ̂, D̂) of the ML fit (lme4's `refitML` for a REML model)."""
+    shape = ml_shape(shape)
+    return sdcor_estimates(fit_arrays(arrays, shape, theta0), shape)
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def profile_limits(arrays: ModelArrays, shape: ModelShape, psi_hat, d_hat, z, which):
+    """`ProfileLimits` for the coordinates `which` (an integer array) of ψ, at level
+    Φ(z) - Φ(-z), from the ML estimates (ψ̂, D̂) of `ml_estimates`. A pure function of
+    the arrays (`jax.lax.map` it over responses); all ends run in one `lax.map`, so one
+    compiled program serves every coordinate."""
+    shape = ml_shape(shape)
     cp = cross_products(arrays, shape)
     deviance = partial(sdcor_deviance, cp=cp, shape=shape, n=arrays.y.shape[0])
     hess = jax.hessian(deviance)(psi_hat)
     lower, upper = (jnp.asarray(b) for b in parameter_bounds(shape, arrays.X.shape[1]))
-    ws = jnp.repeat(jnp.asarray(which), 2)
-    directions = jnp.tile(jnp.asarray([-1.0, 1.0]), len(which))
+    which = jnp.asarray(which)
+    ws = jnp.repeat(which, 2)
+    directions = jnp.tile(jnp.asarray([-1.0, 1.0]), which.shape[0])
     values, status = jax.lax.map(
         lambda a: profile_end(deviance, psi_hat, d_hat, hess, a[0], a[1], z, lower, upper),
         (ws, directions))
-    return ProfileLimits(psi_hat[jnp.asarray(which)], values[0::2], values[1::2],
-                         status[0::2], status[1::2])
+    return ProfileLimits(psi_hat[which], values[0::2], values[1::2], status[0::2], status[1::2])
 
 
-def all_coordinates(shape: ModelShape, n_fixed: int) -> tuple[int, ...]:
-    return tuple(range(n_variance(shape) + n_fixed))
+def all_coordinates(shape: ModelShape, n_fixed: int) -> np.ndarray:
+    return np.arange(n_variance(shape) + n_fixed)
 
 
 def check_against_base(arrays: ModelArrays, shape: ModelShape, theta0) -> float:
     """|D(ψ̂) - D̂|: the sd/cor deviance agrees with the fit's ML deviance (a self-check)."""
-    psi_hat, d_hat, shape = ml_estimates(arrays, shape, theta0)
+    psi_hat, d_hat = ml_estimates(arrays, shape, theta0)
+    shape = ml_shape(shape)
     cp = cross_products(arrays, shape)
     return float(np.abs(sdcor_deviance(psi_hat, cp, shape, arrays.y.shape[0]) - d_hat))
