@@ -9,7 +9,8 @@ the same criterion (REML or ML) with the design fixed (`batch.fit_responses`: on
 program, `lax.map` over vmapped groups, host-side chunks with a progress bar), and report
 each refit on lme4's profile scale ψ* = (sd/cor per term, σ, β) (`sdcor.theta_to_sdcor`).
 Percentile intervals are the empirical α/2 and 1 - α/2 quantiles of the ψ* (lme4's
-`boot.type = "perc"`; `boot` interpolates order statistics slightly differently).
+`boot.type = "perc"`; `boot` interpolates order statistics slightly differently); "basic"
+and "logbasic" reflect them about the estimate (`bootstrap_limits`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,34 @@ def bootstrap_replicates(result, nsim: int, seed: int = 0, batch_size: int = 64,
                         batch_size=min(batch_size, nsim), chunk_size=chunk_size, progress=progress)
 
 
-def percentile_limits(replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per column, the (1-level)/2 and (1+level)/2 empirical quantiles (NaN rows ignored)."""
+BOOT_TYPES = ("perc", "basic", "logbasic")
+
+
+def bootstrap_limits(replicates: np.ndarray, estimate: np.ndarray, level: float,
+                     boot_type: str = "perc", positive=None, bounded=None):
+    """Per column, bootstrap limits from the refits ψ* (rows; NaN rows ignored) and the
+    estimate ψ̂, with q_a the empirical a-quantile of ψ* and a = (1 - level)/2:
+
+        perc:     [q_a, q_{1-a}]                      (lme4's default, boot.type = "perc")
+        basic:    [2ψ̂ - q_{1-a}, 2ψ̂ - q_a]            (lme4's boot.type = "basic")
+        logbasic: basic on log ψ for the `positive` columns (SDs, σ):
+                  [ψ̂²/q_{1-a}, ψ̂²/q_a]; basic elsewhere
+
+    `bounded` columns (correlations) are clipped to [-1, 1]. Percentile intervals
+    reproduce the estimator's bias and skew; for a random-intercept SD from 20 groups they
+    cover 90% at a nominal 95%, the log-scale basic interval 96.6% (tests/test_confint_coverage.py).
+    """
+    if boot_type not in BOOT_TYPES:
+        raise ValueError(f"boot_type must be one of {BOOT_TYPES}, got {boot_type!r}")
     alpha = (1.0 - level) / 2.0
-    return (np.nanquantile(replicates, alpha, axis=0), np.nanquantile(replicates, 1.0 - alpha, axis=0))
+    low, high = np.nanquantile(replicates, [alpha, 1.0 - alpha], axis=0)
+    if boot_type == "perc":
+        return low, high
+    lower, upper = 2.0 * estimate - high, 2.0 * estimate - low
+    if boot_type == "logbasic" and positive is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lower = np.where(positive, estimate ** 2 / high, lower)
+            upper = np.where(positive, np.where(low > 0, estimate ** 2 / low, np.inf), upper)
+    if bounded is not None:
+        lower, upper = np.where(bounded, np.clip(lower, -1, 1), lower), np.where(bounded, np.clip(upper, -1, 1), upper)
+    return lower, upper

@@ -10,8 +10,9 @@ then the fixed effects. Columns `lower` and `upper`.
   frame's `attrs["status"]` says which ends were reached.
 - "wald": β̂ ± z SE(β̂) for the fixed effects; NaN for the variance parameters (lme4's
   method = "Wald").
-- "bootstrap": parametric-bootstrap percentile intervals (`bootstrap.py`) from `nsim`
-  refits drawn with `seed`; `attrs["replicates"]` holds the refits.
+- "bootstrap": parametric-bootstrap intervals (`bootstrap.py`) from `nsim` refits drawn
+  with `seed`: `boot_type` "perc" (lme4's default), "basic", or "logbasic" (basic on the
+  log scale for SDs and σ, better calibrated for SDs); `attrs["replicates"]` holds the refits.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from .bootstrap import bootstrap_replicates, percentile_limits
+from .bootstrap import BOOT_TYPES, bootstrap_limits, bootstrap_replicates
 from .profile import NOT_CONVERGED, STATUS_MESSAGES, ml_estimates, profile_limits, sdcor_estimates
-from .sdcor import check_structures, n_variance, parameter_names
+from .sdcor import check_structures, n_variance, parameter_bounds, parameter_names, theta_to_sdcor
 
 METHODS = ("profile", "wald", "bootstrap")
 _ALIASES = {"boot": "bootstrap"}
@@ -69,10 +70,12 @@ def select_parameters(names: list[str], n_var: int, parm) -> list[int]:
 
 
 def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 500,
-            seed: int = 0, parm=None, progress: bool = True) -> pd.DataFrame:
+            seed: int = 0, parm=None, progress: bool = True, boot_type: str = "perc") -> pd.DataFrame:
     """Confidence intervals of a `FitResult` (module docstring); rows as lme4's."""
     method = _method(method)
     level = _check_level(level)
+    if boot_type not in BOOT_TYPES:
+        raise ValueError(f"boot_type must be one of {BOOT_TYPES}, got {boot_type!r}")
     shape = result.model.shape
     check_structures(shape)
     names = parameter_names(result.design, shape)
@@ -89,12 +92,24 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 50
         if not converged.all():
             warnings.warn(f"{int((~converged).sum())} of {nsim} bootstrap refits did not converge "
                           "and were left out", RuntimeWarning, stacklevel=3)
-        lower, upper = percentile_limits(replicates, level)
+        lower, upper = _bootstrap(result, replicates, level, boot_type)
         attrs["replicates"] = pd.DataFrame(replicates[:, rows], columns=[names[i] for i in rows])
     frame = pd.DataFrame({"lower": np.asarray(lower)[rows], "upper": np.asarray(upper)[rows]},
                          index=pd.Index([names[i] for i in rows]))
     frame.attrs.update(attrs)
     return frame
+
+
+def _bootstrap(result, replicates: np.ndarray, level: float, boot_type: str):
+    """Bootstrap limits about the fit's own estimates ψ̂ = (sd/cor, σ, β)."""
+    shape = result.model.shape
+    params = result.params
+    variance = np.asarray(theta_to_sdcor(params.theta, np.sqrt(params.sigma2), shape))
+    estimate = np.concatenate([variance[:n_variance(shape)], np.asarray(params.beta)])
+    lower_bound, upper_bound = parameter_bounds(shape, len(params.beta))
+    return bootstrap_limits(replicates, estimate, level, boot_type,
+                            positive=(lower_bound == 0) & np.isinf(upper_bound),
+                            bounded=(lower_bound == -1) & (upper_bound == 1))
 
 
 def _wald(result, z: float, n_var: int):

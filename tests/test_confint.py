@@ -94,7 +94,8 @@ def test_wald_intervals():
     (dict(level=1.0), "level"), (dict(level=0), "level"), (dict(level="0.9"), "level"),
     (dict(method="likelihood"), "'profile', 'wald', 'bootstrap'"),
     (dict(parm="sd_Days|Subject"), "unknown parameter"),
-    (dict(method="bootstrap", nsim=1), "nsim")])
+    (dict(method="bootstrap", nsim=1), "nsim"),
+    (dict(method="bootstrap", boot_type="bca"), "boot_type")])
 def test_bad_arguments(kwargs, message):
     _, result = _fit("dyestuff_ml")
     with pytest.raises(ValueError, match=message):
@@ -115,8 +116,11 @@ def test_bootstrap_centres_on_the_estimates():
         assert 0.5 < reps[name].std() / result.se[name] < 1.5
     assert ci.loc["sigma", "lower"] < result.sigma < ci.loc["sigma", "upper"]
     assert (ci["lower"] < ci["upper"]).all()
-    again = result.confint(method="bootstrap", nsim=nsim, seed=1, progress=False)
-    pd.testing.assert_frame_equal(ci, again)
+    again = result.confint(method="bootstrap", nsim=nsim, seed=1, progress=False, boot_type="basic")
+    pd.testing.assert_frame_equal(again.attrs["replicates"], reps)
+    fixed = list(result.fixef.index)  # basic = the percentile interval reflected about the estimate
+    np.testing.assert_allclose(again.loc[fixed, "lower"], 2 * result.fixef - ci.loc[fixed, "upper"],
+                               rtol=1e-12)
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
 
 500 data sets from y_ij = μ + v_i + ε_ij, m = 20 groups of 10, σ_v = σ = 1. For each, the
 profile interval of sd_(Intercept) (ML profile, as lme4) and the parametric-bootstrap
-percentile interval from NSIM REML refits are computed in compiled, batched code (the
-profile root search `lax.map`ped over data sets; the 500 x NSIM refits through
-`bootstrap.refit_chunks`), and each must cover σ_v = 1 in 95% ± 3 SE of the replicates.
+intervals from NSIM REML refits are computed in compiled, batched code (the profile root
+search `lax.map`ped over data sets; the 500 x NSIM refits through `bootstrap.refit_chunks`).
+The profile interval and the bootstrap's log-scale basic interval must cover σ_v = 1 in
+95% ± 3 SE of the replicates; lme4's percentile interval is reported and under-covers.
 NSIM = 200 keeps the test under ~2 minutes on 2 cores (100,000 refits).
 """
 
@@ -22,7 +23,7 @@ import pytest
 from scipy.stats import norm
 
 import lmm_jax
-from lmm_jax.bootstrap import percentile_limits, refit_chunks, simulate_responses
+from lmm_jax.bootstrap import bootstrap_limits, refit_chunks, simulate_responses
 from lmm_jax.profile import ml_estimates, profile_limits
 
 N_REPLICATES = 500
@@ -58,7 +59,7 @@ def _profile_sd_limits(ys, arrays, shape, theta0, z):
 
 
 def _bootstrap_sd_limits(ys, model, key):
-    """Percentile limits of sd_(Intercept): NSIM REML refits per data set, all batched.
+    """Bootstrap limits of sd_(Intercept): NSIM REML refits per data set, all batched.
     The data sets' own fits and the refits share one compiled program (chunks of CHUNK)."""
     fit = partial(refit_chunks, arrays=model.arrays, shape=model.shape,
                   theta0=model.initial_theta(), chunk_size=CHUNK, progress=False)
@@ -78,8 +79,10 @@ def _bootstrap_sd_limits(ys, model, key):
 
     rows, converged = fit(responses, n_total=N_REPLICATES * NSIM)
     boot_sd = np.where(converged, rows[:, 0], np.nan).reshape(N_REPLICATES, NSIM)
-    lower, upper = percentile_limits(boot_sd.T, LEVEL)
-    return lower, upper, converged.mean()
+    estimate = np.asarray(sd)
+    perc = bootstrap_limits(boot_sd.T, estimate, LEVEL, "perc")
+    logbasic = bootstrap_limits(boot_sd.T, estimate, LEVEL, "logbasic", positive=True)
+    return perc, logbasic, converged.mean()
 
 
 @pytest.mark.slow
@@ -92,14 +95,23 @@ def test_profile_and_bootstrap_cover_the_true_sd():
                                                      model.initial_theta(), z))
     print(f"profile intervals: {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
-    profile_coverage = np.mean((lower <= TRUE_SD) & (TRUE_SD <= upper))
-    b_lower, b_upper, converged = _bootstrap_sd_limits(ys, model, jax.random.PRNGKey(7))
+    profile_coverage = _coverage(lower, upper)
+    perc, logbasic, converged = _bootstrap_sd_limits(ys, model, jax.random.PRNGKey(7))
     print(f"bootstrap intervals: {time.perf_counter() - start:.1f} s")
-    boot_coverage = np.mean((b_lower <= TRUE_SD) & (TRUE_SD <= b_upper))
+    perc_coverage, logbasic_coverage = _coverage(*perc), _coverage(*logbasic)
     band = 3 * np.sqrt(LEVEL * (1 - LEVEL) / N_REPLICATES)
-    print(f"profile coverage {profile_coverage:.3f}, bootstrap coverage {boot_coverage:.3f}, "
-          f"band {LEVEL - band:.3f}..{LEVEL + band:.3f}, refits converged {converged:.4f}")
+    print(f"coverage: profile {profile_coverage:.3f}, bootstrap logbasic {logbasic_coverage:.3f}, "
+          f"bootstrap perc {perc_coverage:.3f}; band {LEVEL - band:.3f}..{LEVEL + band:.3f}; "
+          f"refits converged {converged:.4f}")
     assert np.all(np.isfinite(lower)) and np.all(upper > lower)
     assert converged > 0.99
     assert abs(profile_coverage - LEVEL) <= band
-    assert abs(boot_coverage - LEVEL) <= band
+    assert abs(logbasic_coverage - LEVEL) <= band
+    # finding: lme4's percentile interval under-covers here (0.900 with these seeds): σ̂_v is
+    # biased down and skewed, and the bootstrap distribution, drawn at σ̂_v, repeats the bias,
+    # so its upper ends fall below σ_v in ~10% of the data sets
+    assert 0.85 < perc_coverage < LEVEL - band
+
+
+def _coverage(lower, upper) -> float:
+    return float(np.mean((lower <= TRUE_SD) & (TRUE_SD <= upper)))
