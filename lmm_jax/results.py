@@ -187,6 +187,15 @@ class FitResult:
                 "group_deletion": pd.DataFrame(deletion, columns=names,
                                                index=pd.Index(term.levels, name=term.group))}
 
+    # ----- inference ----------------------------------------------------------------
+    def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 500,
+                seed: int = 0, parm=None, progress: bool = True, boot_type: str = "perc"):
+        """Confidence intervals as lme4's `confint(m, oldNames = FALSE)`: a DataFrame with
+        columns lower, upper; method "profile", "wald" or "bootstrap" (`confint.py`)."""
+        from .confint import confint
+
+        return confint(self, method, level, nsim, seed, parm, progress, boot_type)
+
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:
         """Predictions Xβ̂ (+ Zb̂ when `random_effects`); levels unseen in the fit get the
