@@ -55,6 +55,7 @@ class FitResult:
         self._modes = [np.asarray(m) for m in effects.modes]
         self._cond_cov = [np.asarray(c) for c in effects.cond_cov]
         self._rel_cov = [np.asarray(c) for c in rel_cov]
+        self._small_sample = None
 
     # ----- scalar summaries -------------------------------------------------------
     @property
@@ -158,6 +159,29 @@ class FitResult:
                 "dtheta_dy": pd.DataFrame(np.asarray(out.dtheta_dy).T),
                 "group_deletion": pd.DataFrame(deletion, columns=names,
                                                index=pd.Index(term.levels, name=term.group))}
+
+    # ----- small-sample inference for β ---------------------------------------------
+    def small_sample_terms(self):
+        """Satterthwaite's and Kenward-Roger's terms at the fit (`small_sample.py`), computed once."""
+        if self._small_sample is None:
+            from .small_sample import fit_terms
+
+            self._small_sample = fit_terms(self)
+        return self._small_sample
+
+    def test(self, L, ddf: str = "Satterthwaite"):
+        """F test of Lβ = 0 (L an array (q, p), a vector, or a dict of fixed-effect names)
+        with Satterthwaite's or Kenward-Roger's df (lmerTest's `contest`): a Series of F,
+        num_df, den_df, p_value, method (`contrasts.py`)."""
+        from .contrasts import test_contrast
+
+        return test_contrast(self, L, ddf)
+
+    def anova(self, ddf: str = "Satterthwaite"):
+        """lmerTest's type III ANOVA table of the fixed-effect terms (`contrasts.py`)."""
+        from .contrasts import anova_table
+
+        return anova_table(self, ddf)
 
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:

@@ -81,3 +81,11 @@ def coefficient_tests(beta: np.ndarray, terms: SmallSampleTerms) -> dict:
         t_kr = beta / np.sqrt(np.diag(np.asarray(kr.vcov_adjusted)))
         out.update(df_kenward_roger=df_kr, t_kenward_roger=t_kr, p_kenward_roger=two_sided_p(t_kr, df_kr))
     return out
+
+
+def fixed_effect_tests(result) -> dict:
+    """`coefficient_tests` of a `FitResult` as JSON-able lists (None for a missing or
+    non-finite value)."""
+    out = coefficient_tests(result.fixef.to_numpy(), result.small_sample_terms())
+    return {key: None if values is None else [float(v) if np.isfinite(v) else None for v in values]
+            for key, values in out.items()}

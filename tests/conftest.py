@@ -30,3 +30,17 @@ def case_data(case: dict):
 @pytest.fixture(scope="session")
 def sleepstudy():
     return lmm_jax.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """case_id -> (case, FitResult): each reference case fitted once per test session."""
+    cache = {}
+
+    def get(case_id):
+        if case_id not in cache:
+            case = load_case(case_id)
+            cache[case_id] = (case, lmm_jax.fit(case["formula"], case_data(case), method=case["method"]))
+        return cache[case_id]
+
+    return get
