@@ -75,7 +75,7 @@ def f_test(L: np.ndarray, beta: np.ndarray, terms, method: str) -> dict:
     return out
 
 
-def test_contrast(result, L, ddf: str = "Satterthwaite") -> pd.Series:
+def contrast_test(result, L, ddf: str = "Satterthwaite") -> pd.Series:
     """`FitResult.test`: the F test of Lβ = 0 with `ddf` denominator df."""
     method = check_method(ddf, result.model.shape)
     matrix = contrast_matrix(L, result.fixef.index)
@@ -91,6 +91,9 @@ def anova_table(result, ddf: str = "Satterthwaite") -> pd.DataFrame:
     beta, terms = result.fixef.to_numpy(), result.small_sample_terms()
     rows = {}
     for name, L in type3_contrasts(result.design).items():
+        if L.shape[0] == 0:  # nothing left to test (lmerTest: an empty row)
+            rows[name] = dict.fromkeys(["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"], np.nan)
+            continue
         out = f_test(L, beta, terms, method)
         unscaled = out["F"] / out.get("F_scaling", 1.0)
         mean_sq = unscaled * result.sigma ** 2

@@ -173,9 +173,9 @@ class FitResult:
         """F test of Lβ = 0 (L an array (q, p), a vector, or a dict of fixed-effect names)
         with Satterthwaite's or Kenward-Roger's df (lmerTest's `contest`): a Series of F,
         num_df, den_df, p_value, method (`contrasts.py`)."""
-        from .contrasts import test_contrast
+        from .contrasts import contrast_test
 
-        return test_contrast(self, L, ddf)
+        return contrast_test(self, L, ddf)
 
     def anova(self, ddf: str = "Satterthwaite"):
         """lmerTest's type III ANOVA table of the fixed-effect terms (`contrasts.py`)."""

@@ -6,7 +6,8 @@ For treatment-coded X (formulaic's default) lmerTest expresses each term's full 
 by their residuals on the columns of the terms containing it (T ⊂ T₂: T₂ has all of T's
 variables and more, and the same numeric variables). A term's contrast is its columns of L₀
 read at X's own columns (rows with all |entries| ≤ 1e-8 dropped). With a single term lmerTest
-uses type I instead: the term's rows of U, X'X = U'DU (Doolittle, U unit upper triangular).
+uses type I instead: the term's rows of U, X'X = U'DU (Doolittle, U unit upper triangular,
+from the fit's own X).
 
 X⁺R is computed on a synthetic frame holding every combination of factor levels, with
 random numeric values: where R lies in the span of X (every formula whose terms are all
@@ -17,6 +18,7 @@ data-based result; otherwise lmerTest's contrasts depend on the data and this mo
 from __future__ import annotations
 
 import itertools
+import re
 
 import formulaic
 import numpy as np
@@ -38,16 +40,21 @@ def _term_variables(term) -> set:
     return {str(f) for f in term.factors}
 
 
-def _synthetic_frame(kinds: dict, repeats: int = 3) -> pd.DataFrame:
+def _synthetic_frame(spec, kinds: dict, repeats: int = 3) -> pd.DataFrame:
+    """Every combination of factor levels, `repeats` rows each, numeric variables in [1, 3]."""
     rng = np.random.default_rng(20240601)
-    factors = {k: v for k, v in kinds.items() if v is not None}
+    factors = {}
+    for var in sorted(spec.required_variables):
+        levels = [v for k, v in kinds.items() if v is not None and re.search(rf"\b{re.escape(var)}\b", k)]
+        if levels:
+            factors[var] = levels[0]
     cells = list(itertools.product(*factors.values())) or [()]
     rows = [dict(zip(factors, cell)) for cell in cells for _ in range(repeats)]
     frame = pd.DataFrame(rows, index=range(len(rows)))
     for name, levels in factors.items():
         frame[name] = pd.Categorical(frame[name], categories=levels)
-    for name in (k for k, v in kinds.items() if v is None):
-        frame[name] = rng.normal(size=len(rows)) + 2.0
+    for name in sorted(set(spec.required_variables) - set(factors)):
+        frame[name] = rng.uniform(1.0, 3.0, size=len(rows))
     return frame
 
 
@@ -71,11 +78,17 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
                                   "implemented; test the remaining coefficients with result.test")
     kinds, terms = _variables(spec)
     columns = _column_map(spec, terms)
-    frame = _synthetic_frame(kinds)
-    X = np.asarray(spec.get_model_matrix(frame), dtype=float)
-    if X.shape[1] <= 1 or len(terms) <= 1:
-        return type1_contrasts(X, columns)
-    full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame), dtype=float) for t in terms]
+    try:
+        frame = _synthetic_frame(spec, kinds)
+        X = np.asarray(spec.get_model_matrix(frame), dtype=float)
+        if X.shape[1] <= 1 or len(terms) <= 1:
+            return type1_contrasts(design.X, columns)
+        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame), dtype=float) for t in terms]
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        raise NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
+                                  "use result.test with your own L") from None
     has_intercept = any(str(t) == "1" for t in spec.terms)
     R = np.column_stack(([np.ones(len(frame))] if has_intercept else []) + full)
     coef, *_ = np.linalg.lstsq(X, R, rcond=None)
