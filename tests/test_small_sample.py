@@ -24,8 +24,9 @@ def test_coefficient_tests_match_lmertest(case_id, fitted):
     case, result = fitted(case_id)
     ours, ref = result.to_dict()["fixed"], case["fixed"]
     for key in KEYS:
-        if ref[key] is None:
-            assert ours[key] is None, f"{key}: lmerTest has none (an ML fit)"
+        if ref[key] is None:  # ML fits have no KR; for insteval pbkrtest (dense n x n) was not run
+            if case["method"] == "ML":
+                assert ours[key] is None, f"{key}: KR is for REML fits only"
             continue
         np.testing.assert_allclose(ours[key], ref[key], rtol=DF_RTOL, err_msg=key)
 
