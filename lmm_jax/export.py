@@ -1,6 +1,8 @@
 """`FitResult.to_dict()`: the fit as plain JSON-able data, with lme4's meanings.
 
-Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov}, sigma, theta,
+Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov, df_satterthwaite, t,
+p_satterthwaite, df_kenward_roger, t_kenward_roger, p_kenward_roger (None unless a REML fit;
+lmerTest's t tests, `small_sample.py`)}, sigma, theta,
 varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
 bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
 singular, ranef {group: {levels, terms, values, cond_sd}}, structure_parameters (per term:
@@ -11,6 +13,8 @@ term with zero variance) is None.
 from __future__ import annotations
 
 import numpy as np
+
+from .small_sample import fixed_effect_tests
 
 
 def result_to_dict(result) -> dict:
@@ -25,6 +29,7 @@ def result_to_dict(result) -> dict:
             "estimate": _floats(result.fixef),
             "se": _floats(result.se),
             "vcov": [_floats(row) for row in result.vcov.to_numpy()],
+            **fixed_effect_tests(result),
         },
         "sigma": result.sigma,
         "theta": _floats(result.theta),

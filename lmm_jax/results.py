@@ -57,6 +57,7 @@ class FitResult:
         self._modes, self._cond_cov, self._rel_cov = report_arrays(
             self.design.terms, [np.asarray(m) for m in effects.modes],
             [np.asarray(c) for c in effects.cond_cov], [np.asarray(c) for c in rel_cov])
+        self._small_sample = None
 
     # ----- scalar summaries -------------------------------------------------------
     @property
@@ -195,6 +196,29 @@ class FitResult:
         from .confint import confint
 
         return confint(self, method, level, nsim, seed, parm, progress, boot_type)
+
+    # ----- small-sample inference for β ---------------------------------------------
+    def small_sample_terms(self):
+        """Satterthwaite's and Kenward-Roger's terms at the fit (`small_sample.py`), computed once."""
+        if self._small_sample is None:
+            from .small_sample import fit_terms
+
+            self._small_sample = fit_terms(self)
+        return self._small_sample
+
+    def test(self, L, ddf: str = "Satterthwaite"):
+        """F test of Lβ = 0 (L an array (q, p), a vector, or a dict of fixed-effect names)
+        with Satterthwaite's or Kenward-Roger's df (lmerTest's `contest`): a Series of F,
+        num_df, den_df, p_value, method (`contrasts.py`)."""
+        from .contrasts import contrast_test
+
+        return contrast_test(self, L, ddf)
+
+    def anova(self, ddf: str = "Satterthwaite"):
+        """lmerTest's type III ANOVA table of the fixed-effect terms (`contrasts.py`)."""
+        from .contrasts import anova_table
+
+        return anova_table(self, ddf)
 
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:
