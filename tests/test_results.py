@@ -7,7 +7,8 @@ import json
 import lmm_jax
 
 KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "varcorr", "loglik",
-        "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef"}
+        "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef",
+        "structure_parameters"}
 
 
 def test_to_dict_keys_and_json(sleepstudy):
