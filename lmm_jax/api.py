@@ -5,7 +5,8 @@ from __future__ import annotations
 from .model import Model
 
 
-def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None):
+def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None,
+        correlation: str | None = None):
     """Fit a linear mixed model written in lme4's formula syntax.
 
     >>> import lmm_jax
@@ -16,5 +17,20 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
     `method` is "REML" (default) or "ML"; `data` a DataFrame or a dict of arrays (never
     modified); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
     Returns a `FitResult`.
+
+    Residual structures as nlme's `correlation=` and `weights=` (`residual_model.py`):
+    `correlation="ar1(~ 1 | g)"`, `"car1(~ t | g)"`, `"cs(~ 1 | g)"`, `"un(~ 1 | g)"`,
+    `"exp(~ x + y | g, nugget=True)"`; `weights="ident(~ 1 | f)"` or `"power(~ x)"` (a
+    string with '~' is a variance function, not a column). A formula without random terms
+    is then a gls fit. Returns a `ResidualFitResult` (nlme's logLik, AIC, BIC).
     """
+    from .residual_design import looks_like_structure
+
+    if correlation is not None or looks_like_structure(weights):
+        from .residual_model import ResidualModel
+
+        variance = weights if looks_like_structure(weights) else None
+        prior = None if variance is not None else weights
+        return ResidualModel.from_formula(formula, data, method, prior, data_name, correlation,
+                                          variance).fit()
     return Model.from_formula(formula, data, method, weights=weights, data_name=data_name).fit()

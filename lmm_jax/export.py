@@ -3,7 +3,8 @@
 Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov}, sigma, theta,
 varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
 bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
-singular, ranef {group: {levels, terms, values, cond_sd}}. An undefined correlation (a
+singular, ranef {group: {levels, terms, values, cond_sd}}, correlation_parameters and
+variance_function (residual structures, nlme's meanings; None without them). An undefined correlation (a
 term with zero variance) is None.
 """
 
@@ -36,6 +37,8 @@ def result_to_dict(result) -> dict:
         "deviance": result.deviance,
         "reml_criterion": result.reml_criterion,
         "singular": result.singular,
+        "correlation_parameters": result.correlation_parameters,
+        "variance_function": result.variance_function,
         "ranef": {
             group: {
                 "levels": [str(level) for level in frame.index],
