@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _config  # noqa: F401  (float64)
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
@@ -112,6 +113,8 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
     Returns (x, the kept `OptimResult`, total iterations, singular)."""
     first = minimize(deviance, x0, maxiter=maxiter)
     x = canonicalize(first.x)
+    if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
+        return x, first, first.iterations, jnp.zeros((), bool)
     bounded = jnp.asarray(bounded)
     candidates = bounded & (jnp.abs(x) < BOUNDARY_CANDIDATE)
     second = minimize(deviance, jnp.where(candidates, 0.0, x), ~candidates, maxiter=maxiter)
