@@ -48,6 +48,7 @@ def small_data() -> pd.DataFrame:
 
 
 SMALL = small_data()
+RAGGED = SMALL.drop(index=[1, 7, 8, 20, 33, 34, 35, 59])  # unequal group sizes: padding is exercised
 
 # (formula, correlation, variance): every structure, alone and with a random intercept
 STRUCTURES = {
@@ -64,9 +65,9 @@ STRUCTURES = {
 }
 
 
-def small_model(name: str, method: str = "REML") -> ResidualModel:
+def small_model(name: str, method: str = "REML", data=RAGGED) -> ResidualModel:
     formula, correlation, variance = STRUCTURES[name]
-    return ResidualModel.from_formula(formula, SMALL, method, correlation=correlation, variance=variance)
+    return ResidualModel.from_formula(formula, data, method, correlation=correlation, variance=variance)
 
 
 def off_start(model: ResidualModel) -> jnp.ndarray:
@@ -116,7 +117,7 @@ def test_correlation_is_a_valid_block_and_pytree_round_trips_under_jit(name):
     assert np.linalg.eigvalsh(r0).min() > 0
     cor = r0 / np.sqrt(np.outer(np.diag(r0), np.diag(r0)))
     np.testing.assert_allclose(np.diag(cor), 1.0)
-    groups = SMALL["g"].to_numpy()
+    groups = RAGGED["g"].to_numpy()
     if shape.correlation.n_params:  # zero across groups, non-zero within
         assert np.all(cor[groups[:, None] != groups[None, :]] == 0)
         assert np.any(np.abs(cor[(groups[:, None] == groups[None, :]) & ~np.eye(len(groups), dtype=bool)]) > 1e-3)
@@ -172,6 +173,22 @@ def test_simulation_recovers_parameters(name):
                                rtol=0.25, atol=0.08)
     np.testing.assert_allclose(shape.variance.natural(var_hat), shape.variance.natural(var_true),
                                rtol=0.15, atol=0.08)
+
+
+def test_positions_from_a_covariate():
+    """ar1 over integer positions k (= row order here) equals ar1 over the row order, and
+    differs once positions have a gap; un over the rank of a covariate equals un over row order."""
+    data = RAGGED.assign(k=RAGGED.groupby("g").cumcount(), gap=RAGGED.groupby("g").cumcount() ** 2)
+
+    def deviance(formula, correlation):
+        model = ResidualModel.from_formula(formula, data, correlation=correlation)
+        return float(model.deviance(off_start(model)))
+
+    by_order = deviance("y_car ~ x", "ar1(~ 1 | g)")
+    assert deviance("y_car ~ x", "ar1(~ k | g)") == pytest.approx(by_order, rel=1e-12)
+    assert abs(deviance("y_car ~ x", "ar1(~ gap | g)") - by_order) > 1e-3
+    assert deviance("y_car ~ x", "un(~ gap | g)") == pytest.approx(deviance("y_car ~ x", "un(~ 1 | g)"),
+                                                                   rel=1e-12)
 
 
 # ----- nlme's reference cases -----------------------------------------------------------

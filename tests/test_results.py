@@ -7,7 +7,8 @@ import json
 import lmm_jax
 
 KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "varcorr", "loglik",
-        "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef"}
+        "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef", "correlation_parameters",
+        "variance_function"}
 
 
 def test_to_dict_keys_and_json(sleepstudy):
@@ -16,6 +17,7 @@ def test_to_dict_keys_and_json(sleepstudy):
     assert set(out["fixed"]) == {"names", "estimate", "se", "vcov"}
     assert set(out["ranef"]["Subject"]) == {"levels", "terms", "values", "cond_sd"}
     assert out["deviance"] is None and out["reml_criterion"] > 0
+    assert out["correlation_parameters"] is None and out["variance_function"] is None
     assert json.loads(json.dumps(out)) == out
 
 
