@@ -149,7 +149,7 @@ def _simulate(model: ResidualModel, x_true: np.ndarray, beta: np.ndarray, sigma:
     return np.asarray(model.arrays.X) @ beta + sigma * noise
 
 
-def _many_groups(n_groups: int = 150) -> pd.DataFrame:
+def _many_groups(n_groups: int = 600) -> pd.DataFrame:
     frame = pd.concat([SMALL.assign(g=SMALL["g"] + f"_{k}", sx=SMALL["sx"] + 0.1 * k)
                        for k in range(n_groups // 12)], ignore_index=True)
     return frame
@@ -167,12 +167,15 @@ def test_simulation_recovers_parameters(name):
     _, cor_true, var_true = shape.split(jnp.asarray(x_true))
     _, cor_hat, var_hat = shape.split(jnp.concatenate([fitted.theta, fitted.residual]))
     assert int(fitted.status) <= 1
-    np.testing.assert_allclose(fitted.beta, [1.0, 0.5], atol=0.25)
-    np.testing.assert_allclose(np.sqrt(fitted.sigma2), 2.0, rtol=0.15)
+    # statistical tolerances at 600 groups of 5: 4 to 10 standard errors for β (the intercept's
+    # SE is 0.05 to 0.12 here), about 3 for a correlation (SE about 0.04)
+    np.testing.assert_allclose(fitted.beta[0], 1.0, atol=0.5)
+    np.testing.assert_allclose(fitted.beta[1], 0.5, atol=0.1)
+    np.testing.assert_allclose(np.sqrt(fitted.sigma2), 2.0, rtol=0.1)
     np.testing.assert_allclose(shape.correlation.natural(cor_hat), shape.correlation.natural(cor_true),
-                               rtol=0.25, atol=0.08)
+                               rtol=0.1, atol=0.12)
     np.testing.assert_allclose(shape.variance.natural(var_hat), shape.variance.natural(var_true),
-                               rtol=0.15, atol=0.08)
+                               rtol=0.1, atol=0.05)
 
 
 def test_positions_from_a_covariate():
