@@ -110,7 +110,8 @@ class ResidualModel(Model):
                                           evaluator)(jnp.asarray(x))
 
     def fit_params(self, y=None, X=None, weights=None, theta0=None, evaluator: str = "blocked") -> FitParams:
-        """The estimates as a pure function of y (jit/vmap-able; not differentiated implicitly)."""
+        """The estimates as a pure function of y (jit-able; no implicit derivatives yet, and under
+        vmap the small dense Cholesky factors would become batched LAPACK calls)."""
         x0 = self.initial_theta() if theta0 is None else jnp.asarray(theta0)
         return fit_residual_arrays(self.with_arrays(y, X, weights), self.residual_arrays,
                                    self.residual_shape, x0, evaluator=evaluator)
