@@ -273,6 +273,11 @@ R_CHECKS = {
     "lme_power": (("y_pow ~ x + (1 | g)", None, "power(~ z)", "REML"),
                   [0.9285646638, 0.5817317170], [0.3234170232, 0.1602227105], 1.0155927453,
                   -119.6871066510, None, {"power": 0.9491800200}),
+    # lme(y_car ~ x, d, random = ~ 1 | g, correlation = corCAR1(form = ~ t | g), method = "ML");
+    # nlme's random-intercept SD 9.9e-5 is the boundary: ours is exactly 0 (singular)
+    "lme_car1_ml": (("y_car ~ x + (1 | g)", "car1(~ t | g)", None, "ML"),
+                    [0.5960520639, 0.4925342691], [0.3500644997, 0.0910813882], 1.7478144311,
+                    -99.5772646123, [0.5652342693], None),
 }
 
 
@@ -289,6 +294,8 @@ def test_matches_rscript_nlme(name):
         np.testing.assert_allclose(result.correlation_parameters, cor, rtol=1e-4)
     if var is not None:
         np.testing.assert_allclose(result.variance_function["power"], var["power"], rtol=1e-5)
+    if name == "lme_car1_ml":
+        assert result.singular and result.varcorr()[0]["sdcor"] < 1e-4
     if name == "lme_power":
         np.testing.assert_allclose(result.varcorr()[0]["sdcor"], 0.9424643, rtol=1e-5)
 
