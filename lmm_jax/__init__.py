@@ -7,11 +7,25 @@ from .anova_estimators import anova_start as anova_start
 from .api import fit as fit
 from .batch import BatchResult as BatchResult
 from .batch import fit_batch as fit_batch
+from .compare import compare as compare
+from .exact_f import exact_f_test as exact_f_test
 from .fay_herriot import fay_herriot as fay_herriot
+from .covariance_structures import AutoRegressive as AutoRegressive
+from .covariance_structures import CompoundSymmetry as CompoundSymmetry
+from .covariance_structures import Diagonal as Diagonal
+from .covariance_structures import HomogeneousCompoundSymmetry as HomogeneousCompoundSymmetry
+from .covariance_structures import Toeplitz as Toeplitz
+from .custom_structures import register_structure as register_structure
+from .custom_structures import structure_from_function as structure_from_function
 from .design import DataError as DataError
 from .formula import FormulaError as FormulaError
+from .lrt import lrt as lrt
 from .model import FitParams as FitParams
 from .model import Model as Model
 from .results import FitResult as FitResult
+from .rlrt import rlrt as rlrt
+from .structure_report import structure_parameter_se as structure_parameter_se
+from .structures import CholeskyFactor as CholeskyFactor
+from .structures import CovarianceStructure as CovarianceStructure
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ from .model import Model
 
 
 def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None,
-        correlation: str | None = None):
+        known=None, correlation: str | None = None):
     """Fit a linear mixed model written in lme4's formula syntax.
 
     >>> import lmm_jax
@@ -16,7 +16,8 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
 
     `method` is "REML" (default) or "ML"; `data` a DataFrame or a dict of arrays (never
     modified); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
-    Returns a `FitResult`.
+    `known`: {grouping factor: K} gives a term (1 | g) the covariance σ_g² K for a known
+    relationship matrix K over g's levels (`known_covariance.py`). Returns a `FitResult`.
 
     Residual structures as nlme's `correlation=` and `weights=` (`residual_model.py`):
     `correlation="ar1(~ 1 | g)"`, `"car1(~ t | g)"`, `"cs(~ 1 | g)"`, `"un(~ 1 | g)"`,
@@ -33,4 +34,5 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
         prior = None if variance is not None else weights
         return ResidualModel.from_formula(formula, data, method, prior, data_name, correlation,
                                           variance).fit()
-    return Model.from_formula(formula, data, method, weights=weights, data_name=data_name).fit()
+    return Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
+                              known=known).fit()

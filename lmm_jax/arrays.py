@@ -22,13 +22,15 @@ class ModelShape:
     """Static description of a model: term sizes, their structures and the criterion.
 
     `known_scale`: the residual variances are known, Var(ε_i) = 1/w_i, so σ² = 1 is fixed
-    instead of profiled (`likelihood.known_scale_deviance`).
+    instead of profiled (`likelihood.known_scale_deviance`). `padded`: the arrays carry
+    padding rows of prior weight 0 and levels without rows (`ragged.py`), so n is counted.
     """
 
     n_levels: tuple[int, ...]
     structures: tuple[CovarianceStructure, ...]
     reml: bool
     known_scale: bool = False
+    padded: bool = False
 
     @property
     def dims(self) -> tuple[int, ...]:

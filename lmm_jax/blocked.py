@@ -60,7 +60,8 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
     codes1, values1, m1 = arrays.codes[0], arrays.values[0], shape.n_levels[0]
     wv1 = w[:, None] * values1
     xy = jnp.concatenate([arrays.X, arrays.y[:, None]], axis=1)
-    z1tz1 = jax.ops.segment_sum(wv1[:, :, None] * values1[:, None, :], codes1, m1)
+    z1tz1 = (wv1.T @ values1)[None] if m1 == 1 else \
+        jax.ops.segment_sum(wv1[:, :, None] * values1[:, None, :], codes1, m1)
     rest = list(zip(arrays.codes[1:], arrays.values[1:], shape.n_levels[1:]))
     z1tr = [_pair_block(codes1, wv1, m1, codes, values, m).reshape(m1, values1.shape[1], -1)
             for codes, values, m in rest]
@@ -75,12 +76,15 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
     xy_block = jnp.concatenate([blk.T for blk in (r[:, -xy.shape[1]:] for r in rows)]
                                + [(w[:, None] * xy).T @ xy], axis=1)
     rtr = jnp.concatenate(rows + [xy_block], axis=0)
-    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(jnp.log(w)))
+    log_w = jnp.log(jnp.where(w > 0, w, 1.0))  # rows of weight 0 (padding) are not observations
+    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(log_w))
 
 
 def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):
     """Z_a'WZ_b as a dense (m_a p_a) x (m_b p_b) matrix, by scatter-adding row contributions."""
     p_a, p_b = wvalues_a.shape[1], values_b.shape[1]
+    if m_a == 1 and m_b == 1:  # one-level terms (a known relationship matrix): a plain product
+        return wvalues_a.T @ values_b
     rows = codes_a[:, None, None] * p_a + jnp.arange(p_a)[None, :, None]
     cols = codes_b[:, None, None] * p_b + jnp.arange(p_b)[None, None, :]
     contributions = wvalues_a[:, :, None] * values_b[:, None, :]

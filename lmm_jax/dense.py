@@ -26,10 +26,16 @@ def dense_z_lambda(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -
     return jnp.concatenate(blocks, axis=1)
 
 
+def residual_variances(weights: jnp.ndarray) -> jnp.ndarray:
+    """diag(W⁻¹) = 1/wᵢ; a padded row (wᵢ = 0, all-zero X, Z and y) gets 1, so it adds
+    an identity block to V₀ and nothing to r² or log|V₀|."""
+    return 1.0 / jnp.where(weights > 0, weights, 1.0)
+
+
 def dense_v0(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
     """V₀ = ZΛΛ'Z' + W⁻¹."""
     zl = dense_z_lambda(theta, arrays, shape)
-    return zl @ zl.T + jnp.diag(1.0 / arrays.weights)
+    return zl @ zl.T + jnp.diag(residual_variances(arrays.weights))
 
 
 def dense_profile(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -> Profiled:
@@ -63,7 +69,7 @@ def dense_random_effects(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelSh
     zl = dense_z_lambda(theta, arrays, shape)
     big_lambda = jax.scipy.linalg.block_diag(
         *[jnp.kron(jnp.eye(m), lam) for m, lam in zip(shape.n_levels, relative_factors(theta, shape))])
-    chol_v = jnp.linalg.cholesky(zl @ zl.T + jnp.diag(1.0 / arrays.weights))
+    chol_v = jnp.linalg.cholesky(zl @ zl.T + jnp.diag(residual_variances(arrays.weights)))
     beta = dense_profile(theta, arrays, shape).beta
     g0_zt = big_lambda @ zl.T
     modes = g0_zt @ cho_solve((chol_v, True), arrays.y - arrays.X @ beta)

@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 
 from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
+from .covariance_structures import Diagonal
+from .custom_structures import structure_for_term
+from .known_covariance import check_known, known_term
 from .structures import CholeskyFactor, CovarianceStructure
 
 RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
@@ -44,6 +47,14 @@ class RandomTerm:
     column_names: tuple[str, ...]
     structure: CovarianceStructure
     model_spec: object = field(repr=False, compare=False)
+    report: "RandomTerm | None" = field(default=None, repr=False, compare=False)
+    loadings: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def reported(self) -> "RandomTerm":
+        """The term as results report it: itself, or for a known relationship matrix the
+        ordinary (1 | g) term over g's levels (`known_covariance.py`)."""
+        return self if self.report is None else self.report
 
     @property
     def n_levels(self) -> int:
@@ -78,12 +89,13 @@ class Design:
         return int(self.X.shape[1])
 
 
-def build_design(formula: str, data, weights=None, known_scale: bool = False,
+def build_design(formula: str, data, weights=None, known_scale: bool = False, known=None,
                  allow_fixed_only: bool = False) -> Design:
     """Parse `formula`, check `data` and build the design (host side, once per model).
 
-    `allow_fixed_only`: a formula without random terms is accepted (a gls fit with residual
-    structures, `residual_model.py`).
+    `known`: {grouping factor: K}, a known relationship matrix for a term (1 | g), whose
+    covariance is then σ_g² K (`known_covariance.py`). `allow_fixed_only`: a formula without
+    random terms is accepted (a gls fit with residual structures, `residual_model.py`).
 
     `known_scale`: the residual variances 1/weights are known (σ² not estimated), so the
     checks that random effects are not confounded with the residual are not made.
@@ -96,7 +108,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False,
     used = _used_columns(parsed, frame)
     frame, n_dropped = _drop_missing(frame, used, weights)
     prior_weights = _prior_weights(weights, frame)
-    terms = _random_terms(parsed, frame)
+    terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}))
     y, X, names, spec = _fixed_part(parsed, frame)
     X, names, dropped = _drop_rank_deficient(X, names)
     if not known_scale:
@@ -182,13 +194,14 @@ def _prior_weights(weights, frame: pd.DataFrame) -> np.ndarray:
     return w
 
 
-def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame) -> list[RandomTerm]:
-    """Build each random term, ordered as lme4 orders them (decreasing number of levels)."""
+def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, known: dict) -> list[RandomTerm]:
+    """Build each random term, ordered as lme4 orders them (decreasing number of levels);
+    a term with a known relationship matrix becomes one level (so it sorts last)."""
     built = []
     for spec in parsed.random:
         levels, codes = _grouping_codes(spec, frame)
         values, columns, model_spec = _term_matrix(spec, frame)
-        structure = CholeskyFactor(len(columns))
+        structure = structure_for_term(spec.structure, columns, values, spec.source)
         built.append((spec, levels, codes, values, columns, structure, model_spec))
     built.sort(key=lambda item: -len(item[1]))  # stable: ties keep formula order
     seen: dict[str, int] = {}
@@ -198,9 +211,9 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame) -> list[RandomTerm
         count = seen.get(group, 0)
         seen[group] = count + 1
         name = group if count == 0 else f"{group}.{count}"
-        terms.append(RandomTerm(name, group, spec, levels, codes, values, columns, structure,
-                                model_spec))
-    return terms
+        term = RandomTerm(name, group, spec, levels, codes, values, columns, structure, model_spec)
+        terms.append(known_term(term, known[group]) if group in known else term)
+    return sorted(terms, key=lambda t: -t.n_levels)
 
 
 def _grouping_codes(spec: RandomTermSpec, frame: pd.DataFrame) -> tuple[tuple[str, ...], np.ndarray]:
@@ -333,14 +346,18 @@ def _check_sizes(terms: list[RandomTerm], n: int, parsed: ParsedFormula) -> None
     """lme4's checks: each factor needs fewer levels than rows, and fewer random effects than rows.
 
     Both guard the estimate of σ²; a model with a known residual scale skips them (in the
-    Fay-Herriot model every area is its own level)."""
+    Fay-Herriot model every area is its own level). The second applies to unstructured and
+    diagonal terms only: a structured Σ (ar1, cs, ... with few parameters) beside the residual is
+    identified with one observation per random effect, as in glmmTMB."""
     for term in terms:
+        if term.loadings is not None:
+            continue  # a known relationship matrix identifies one level per row
         if term.n_levels >= n:
             raise DataError(
                 f"grouping factor {term.group!r} in {term.spec.source!r} has {term.n_levels} levels "
                 f"for {n} observations; the random effects would be confounded with the residual")
         q = term.n_levels * term.dim
-        if q >= n:
+        if q >= n and isinstance(term.structure, (CholeskyFactor, Diagonal)):  # others are identified
             raise DataError(
                 f"number of observations ({n}) <= number of random effects ({q}) for term "
                 f"{term.spec.source!r} in {parsed.text!r}; the random-effects parameters and the "

@@ -1,16 +1,21 @@
 """`FitResult.to_dict()`: the fit as plain JSON-able data, with lme4's meanings.
 
-Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov}, sigma, theta,
+Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov, df_satterthwaite, t,
+p_satterthwaite, df_kenward_roger, t_kenward_roger, p_kenward_roger (None unless a REML fit;
+lmerTest's t tests, `small_sample.py`)}, sigma, theta,
 varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
 bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
-singular, ranef {group: {levels, terms, values, cond_sd}}, correlation_parameters and
-variance_function (residual structures, nlme's meanings; None without them). An undefined correlation (a
+singular, ranef {group: {levels, terms, values, cond_sd}}, structure_parameters (per term:
+group, structure keyword, theta_names, theta, derived values such as rho), correlation_parameters
+and variance_function (residual structures, nlme's meanings; None without them). An undefined correlation (a
 term with zero variance) is None.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .small_sample import fixed_effect_tests
 
 
 def result_to_dict(result) -> dict:
@@ -25,9 +30,11 @@ def result_to_dict(result) -> dict:
             "estimate": _floats(result.fixef),
             "se": _floats(result.se),
             "vcov": [_floats(row) for row in result.vcov.to_numpy()],
+            **fixed_effect_tests(result),
         },
         "sigma": result.sigma,
         "theta": _floats(result.theta),
+        "structure_parameters": result.structure_parameters(),
         "varcorr": [{key: (None if isinstance(v, float) and np.isnan(v) else v) for key, v in row.items()}
                     for row in result.varcorr()],
         "loglik": result.loglik,

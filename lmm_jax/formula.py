@@ -7,7 +7,10 @@ The fixed part is left to formulaic; this module only finds the random-effect te
 - ``(expr || g)``  uncorrelated: one term per formula term of ``expr`` (lme4's ``||``);
 - ``(expr | a/b)`` nested: ``(expr | a) + (expr | b:a)``;
 - ``(expr | a:b)`` the interaction of factors a and b as one grouping factor;
-- ``us(expr | g)``, ``diag(expr | g)`` the same with glmmTMB's structure keywords.
+- ``us(expr | g)`` the same; ``diag(expr | g)`` one term with a diagonal covariance (for a
+  factor, one variance per level: glmmTMB's diag, unlike ``||``); ``cs``, ``homcs``,
+  ``ar1``, ``toep`` and keywords added by `register_structure`: the term's covariance
+  structure (`custom_structures.py`).
 
 The result is plain data (`ParsedFormula`): everything here is host-side string work.
 """
@@ -17,9 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .custom_structures import structure_keywords
+
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 _KEYWORD_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)?\s*\((.*)\)$", re.S)
-STRUCTURE_KEYWORDS = ("us", "diag")
 
 
 class FormulaError(ValueError):
@@ -32,7 +36,7 @@ class RandomTermSpec:
 
     `expr` is a formulaic right-hand side ("1 + Days", "0 + Machine"); `factors` the
     variables whose interaction is the grouping factor, in the order of its name;
-    `structure` the covariance keyword ("us": unstructured, lme4's default).
+    `structure` the covariance keyword ("us": unstructured, lme4's default; "cs", "ar1", ...).
     """
 
     expr: str
@@ -92,14 +96,14 @@ def _random_term(part: str) -> list[RandomTermSpec] | None:
     pieces = _split_top_level(inner, "|")
     if len(pieces) == 1:
         return None  # a parenthesised fixed-effect expression or a function call
-    if keyword is not None and keyword not in STRUCTURE_KEYWORDS:
+    if keyword is not None and keyword not in structure_keywords():
         raise FormulaError(
             f"random term {part!r}: unknown covariance structure {keyword!r} "
-            f"(supported: {', '.join(STRUCTURE_KEYWORDS)})")
+            f"(supported: {', '.join(structure_keywords())})")
     if len(pieces) == 3 and pieces[1] == "":
         expr, group, uncorrelated = pieces[0], pieces[2], True
     elif len(pieces) == 2:
-        expr, group, uncorrelated = pieces[0], pieces[1], keyword == "diag"
+        expr, group, uncorrelated = pieces[0], pieces[1], False
     else:
         raise FormulaError(f"random term {part!r} must be '(expr | group)' or '(expr || group)'")
     expr, group = expr.strip(), group.strip()
@@ -108,7 +112,7 @@ def _random_term(part: str) -> list[RandomTermSpec] | None:
     if not group:
         raise FormulaError(f"random term {part!r} has no grouping factor after the bar")
     exprs = _uncorrelated_exprs(expr, part) if uncorrelated else [expr]
-    return [RandomTermSpec(e, factors, "us", part)
+    return [RandomTermSpec(e, factors, keyword or "us", part)
             for factors in _grouping_factors(group, part) for e in exprs]
 
 

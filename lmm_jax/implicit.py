@@ -17,11 +17,14 @@ evaluated after the solve, and their derivatives follow by the chain rule.
 Boundary (singular fits): a bounded θ entry (a factor diagonal, lower bound 0) that
 is exactly 0 at the optimum is held fixed, with zero derivative, and the theorem is
 applied on the free sub-block only, dθ̂_F = -H_FF⁻¹ ∂g_F/∂data · ddata. The fit
-reached the boundary because D increases into the feasible side (∂D/∂θ_b > 0 there,
-otherwise the boundary point would not have been kept), so for small enough data
-perturbations the optimum stays on the boundary: the one-sided derivative is zero. (At
-the exceptional data where ∂D/∂θ_b = 0 exactly the map θ̂(data) has a kink and no
-derivative exists; we return the on-boundary branch.)
+reached the boundary because D increases into the feasible side (otherwise the boundary
+point would not have been kept). D is even in the sign of each column of Λ, so for a
+column whose only entry is its diagonal (a (1 | g) term) ∂D/∂θ_b = 0 at θ_b = 0 always
+and the increase is second order (∂²D/∂θ_b² > 0, i.e. D increases in the variance θ_b²);
+either way, for small enough data perturbations the optimum stays on the boundary and the
+one-sided derivative of θ̂_b is zero. (At the exceptional data where the increase
+vanishes, θ̂(data) has a kink and no derivative exists; we return the on-boundary branch.)
+Tested against refits on dyestuff2 (lme4: singular) in tests/test_implicit.py.
 
     model = Model.from_formula("Reaction ~ Days + (Days | Subject)", data)
     jax.jacobian(lambda y: model.fit_params(y).beta)(model.arrays.y)   # (p, n)

@@ -84,9 +84,16 @@ def profile_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "b
     return lambda theta: blocked_profile(theta, cp, shape)
 
 
+def observation_count(arrays: ModelArrays, shape: ModelShape) -> tuple:
+    """(n, p); in a padded model (`ModelShape.padded`: `ragged.py`'s batches) n counts the
+    rows of positive prior weight only, as padding rows have weight 0."""
+    n, p = arrays.X.shape
+    return (jnp.sum(arrays.weights > 0) if shape.padded else n), p
+
+
 def criterion(profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
     """-2ℓ or -2ℓ_R from `Profiled`: σ² profiled out, or fixed at 1 for a known scale."""
-    n, p = arrays.X.shape
+    n, p = observation_count(arrays, shape)
     if not shape.known_scale:
         return profiled_deviance(profiled, n, p, shape.reml)
     logdet_xtx = jnp.linalg.slogdet(arrays.X.T @ arrays.X)[1] if shape.reml else 0.0
@@ -97,7 +104,7 @@ def sigma2_estimate(profiled: Profiled, arrays: ModelArrays, shape: ModelShape) 
     """σ̂² = r²/d, or 1 for a known scale."""
     if shape.known_scale:
         return jnp.ones_like(profiled.rss)
-    n, p = arrays.X.shape
+    n, p = observation_count(arrays, shape)
     return profiled_sigma2(profiled, n, p, shape.reml)
 
 
@@ -151,15 +158,17 @@ class Model:
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
-                     data_name: str | None = None, known_scale: bool = False) -> "Model":
+                     data_name: str | None = None, known_scale: bool = False, known=None) -> "Model":
         """Build the design of `formula` on `data` (a DataFrame or dict of arrays).
 
         `known_scale=True`: the residual variances are known, Var(ε_i) = 1/weights_i, and
         σ² = 1 is fixed instead of estimated (Fay-Herriot, meta-analysis: weights = 1/D).
-        A grouping factor may then have one level per row.
+        A grouping factor may then have one level per row. `known`: {grouping factor: K}, a
+        known relationship matrix for a term (1 | g) (`known_covariance.py`).
         """
         _is_reml(method)
-        return cls(build_design(formula, data, weights, known_scale), method, data_name, known_scale)
+        return cls(build_design(formula, data, weights, known_scale, known), method, data_name,
+                   known_scale)
 
     def initial_theta(self) -> jnp.ndarray:
         return jnp.asarray(self.shape.initial_theta())

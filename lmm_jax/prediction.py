@@ -20,7 +20,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     out = np.asarray(X, dtype=float)[:, keep] @ result.fixef.to_numpy()
     if not random_effects:
         return out
-    for term, modes in zip(design.terms, result._modes):
+    for term, modes in zip(result.report_terms, result._modes):
         missing = [f for f in term.spec.factors if f not in frame.columns]
         if missing:
             raise DataError(f"newdata lacks grouping column(s) {missing} of random term {term.spec.source!r}; "

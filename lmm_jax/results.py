@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .arrays import ModelArrays, ModelShape, relative_factors
+from .known_covariance import report_arrays
 from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
 from .newton import STATUS_MESSAGES
 
@@ -51,9 +52,11 @@ class FitResult:
         self.se = pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=names, name="se")
         self.fitted = np.asarray(fitted)
         self.residuals = self.design.y - self.fitted
-        self._modes = [np.asarray(m) for m in effects.modes]
-        self._cond_cov = [np.asarray(c) for c in effects.cond_cov]
-        self._rel_cov = [np.asarray(c) for c in rel_cov]
+        self.report_terms = tuple(term.reported for term in self.design.terms)
+        self._modes, self._cond_cov, self._rel_cov = report_arrays(
+            self.design.terms, [np.asarray(m) for m in effects.modes],
+            [np.asarray(c) for c in effects.cond_cov], [np.asarray(c) for c in rel_cov])
+        self._small_sample = None
 
     correlation_parameters = None  # residual structures only (`residual_model.py`)
     variance_function = None
@@ -90,7 +93,8 @@ class FitResult:
 
     @property
     def df_model(self) -> int:
-        return self.design.n_fixed + len(self.theta) + 1
+        """p + dim(θ) + 1 (σ²); without the 1 when the residual scale is known."""
+        return self.design.n_fixed + len(self.theta) + (0 if self.model.shape.known_scale else 1)
 
     @property
     def aic(self) -> float:
@@ -111,7 +115,7 @@ class FitResult:
     @property
     def ngroups(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for term in self.design.terms:
+        for term in self.report_terms:
             out.setdefault(term.group, term.n_levels)
         return out
 
@@ -121,7 +125,7 @@ class FitResult:
         covariances (lower triangle, column by column), the residual last."""
         rows = []
         s2 = self.sigma ** 2
-        for term, rel in zip(self.design.terms, self._rel_cov):
+        for term, rel in zip(self.report_terms, self._rel_cov):
             cov = s2 * rel
             sd = np.sqrt(np.diag(cov))
             names = term.column_names
@@ -137,12 +141,37 @@ class FitResult:
         return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
                 for r in rows]
 
+    def variance_components(self):
+        """Variances and covariances (varcorr order, residual last) with SEs from the inverse
+        expected and observed information on the variance scale (`information.py`)."""
+        from .information import variance_components
+
+        return variance_components(self)
+
+    def fisher_information(self, kind: str = "expected"):
+        """Information matrix of (β, variances/covariances), named (`information.py`)."""
+        from .information import fisher_information
+
+        return fisher_information(self, kind)
+
+    def robust_vcov(self) -> dict:
+        """Cluster-robust (sandwich) covariances of β̂ and of the variance components,
+        clustered by the outermost grouping factor (`robust.py`)."""
+        from .robust import robust_vcov
+
+        return robust_vcov(self)
+    def structure_parameters(self) -> list[dict]:
+        """Per term: its structure keyword, θ̂ entries with names, derived values such as ρ."""
+        from .structure_report import structure_parameters
+
+        return structure_parameters(self)
+
     # ----- random effects ---------------------------------------------------------
     def ranef(self, cond_sd: bool = False) -> dict[str, pd.DataFrame]:
         """Conditional modes per grouping factor (levels x terms), as lme4's `ranef`; with
         `cond_sd=True` the conditional standard deviations instead."""
         out: dict[str, list] = {}
-        for term, modes, cov in zip(self.design.terms, self._modes, self._cond_cov):
+        for term, modes, cov in zip(self.report_terms, self._modes, self._cond_cov):
             values = np.sqrt(np.diagonal(cov, axis1=1, axis2=2)) if cond_sd else modes
             frame = pd.DataFrame(values, index=pd.Index(term.levels, name=term.group),
                                  columns=list(term.column_names))
@@ -164,6 +193,38 @@ class FitResult:
                 "dtheta_dy": pd.DataFrame(np.asarray(out.dtheta_dy).T),
                 "group_deletion": pd.DataFrame(deletion, columns=names,
                                                index=pd.Index(term.levels, name=term.group))}
+
+    # ----- inference ----------------------------------------------------------------
+    def confint(self, method: str = "profile", level: float = 0.95, nsim: int = 500,
+                seed: int = 0, parm=None, progress: bool = True, boot_type: str = "perc"):
+        """Confidence intervals as lme4's `confint(m, oldNames = FALSE)`: a DataFrame with
+        columns lower, upper; method "profile", "wald" or "bootstrap" (`confint.py`)."""
+        from .confint import confint
+
+        return confint(self, method, level, nsim, seed, parm, progress, boot_type)
+
+    # ----- small-sample inference for β ---------------------------------------------
+    def small_sample_terms(self):
+        """Satterthwaite's and Kenward-Roger's terms at the fit (`small_sample.py`), computed once."""
+        if self._small_sample is None:
+            from .small_sample import fit_terms
+
+            self._small_sample = fit_terms(self)
+        return self._small_sample
+
+    def test(self, L, ddf: str = "Satterthwaite"):
+        """F test of Lβ = 0 (L an array (q, p), a vector, or a dict of fixed-effect names)
+        with Satterthwaite's or Kenward-Roger's df (lmerTest's `contest`): a Series of F,
+        num_df, den_df, p_value, method (`contrasts.py`)."""
+        from .contrasts import contrast_test
+
+        return contrast_test(self, L, ddf)
+
+    def anova(self, ddf: str = "Satterthwaite"):
+        """lmerTest's type III ANOVA table of the fixed-effect terms (`contrasts.py`)."""
+        from .contrasts import anova_table
+
+        return anova_table(self, ddf)
 
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:

@@ -39,7 +39,7 @@ def _scaled_residuals(result) -> str:
 
 def _random_effects(result) -> str:
     rows = []
-    for term, rel in zip(result.design.terms, result._rel_cov):
+    for term, rel in zip(result.report_terms, result._rel_cov):
         cov = result.sigma ** 2 * rel
         sd = np.sqrt(np.diag(cov))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -47,14 +47,17 @@ def _random_effects(result) -> str:
         for i, name in enumerate(term.column_names):
             corrs = " ".join(f"{corr[i, j]:5.2f}" for j in range(i))
             rows.append([term.name if i == 0 else "", name, f"{cov[i, i]:.4g}", f"{sd[i]:.4g}", corrs])
-    rows.append(["Residual", "", f"{result.sigma ** 2:.4g}", f"{result.sigma:.4g}", ""])
+    residual = "Residual (known)" if result.model.shape.known_scale else "Residual"
+    rows.append([residual, "", f"{result.sigma ** 2:.4g}", f"{result.sigma:.4g}", ""])
     header = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
     if not any(r[4] for r in rows):
         header, rows = header[:4], [r[:4] for r in rows]
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     lines = [" " + " ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
              for line in [header] + rows]
-    return "Random effects:\n" + "\n".join(lines) + "\n"
+    from .structure_report import summary_lines
+
+    return "Random effects:\n" + "\n".join(lines) + "\n" + summary_lines(result)
 
 
 def _counts(result) -> str:

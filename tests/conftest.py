@@ -30,3 +30,27 @@ def case_data(case: dict):
 @pytest.fixture(scope="session")
 def sleepstudy():
     return lmm_jax.datasets.load("sleepstudy")
+
+
+@pytest.fixture(scope="session")
+def sleep_fits(sleepstudy):
+    """sleepstudy (Days | Subject) fits by (method, balanced); unbalanced: every 7th row dropped
+    (observed and expected information differ). Shared by test_information and test_robust."""
+    unbalanced = sleepstudy.drop(index=sleepstudy.index[::7])
+    return {(method, balanced): lmm_jax.fit("Reaction ~ Days + (Days | Subject)",
+                                            sleepstudy if balanced else unbalanced, method=method)
+            for method in ("REML", "ML") for balanced in (True, False)}
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """case_id -> (case, FitResult): each reference case fitted once per test session."""
+    cache = {}
+
+    def get(case_id):
+        if case_id not in cache:
+            case = load_case(case_id)
+            cache[case_id] = (case, lmm_jax.fit(case["formula"], case_data(case), method=case["method"]))
+        return cache[case_id]
+
+    return get

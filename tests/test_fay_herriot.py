@@ -220,3 +220,14 @@ def test_same_model_through_the_general_engine(method):
     np.testing.assert_allclose(np.asarray(engine.beta), direct.beta, rtol=1e-6)
     assert abs(float(engine.loglik) - direct.loglik) < 1e-6
     assert abs(float(engine.loglik) - load_case(method)["loglik"]) < LOGLIK_ATOL
+
+
+def test_known_scale_result_counts_no_residual_parameter():
+    """metafor's AIC for the Fay-Herriot model counts p + 1 parameters (β and A): with the
+    residual variances known, σ² is not a parameter and the summary says so."""
+    data = bcg()
+    result = lmm_jax.Model.from_formula("yi ~ ablat + (1 | trial)", data, "REML",
+                                        weights=1.0 / data["vi"], known_scale=True).fit()
+    assert result.df_model == 3
+    np.testing.assert_allclose(result.aic, -2 * result.loglik + 2 * 3)
+    assert "Residual (known)" in result.summary()

@@ -10,25 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import lmm_jax
-from conftest import case_data, cases_of_kind, load_case
+from conftest import cases_of_kind
 
 LMM_CASES = cases_of_kind("lmm")
 SLOW_CASES = {"insteval_crossed_reml"}
 PARAMS = [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in LMM_CASES]
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    cache = {}
-
-    def get(case_id):
-        if case_id not in cache:
-            case = load_case(case_id)
-            cache[case_id] = (case, lmm_jax.fit(case["formula"], case_data(case), method=case["method"]))
-        return cache[case_id]
-
-    return get
 
 
 def assert_rel(actual, expected, rtol, what, atol=0.0):

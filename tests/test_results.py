@@ -14,7 +14,8 @@ KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "va
 def test_to_dict_keys_and_json(sleepstudy):
     out = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", sleepstudy).to_dict()
     assert set(out) == KEYS
-    assert set(out["fixed"]) == {"names", "estimate", "se", "vcov"}
+    assert set(out["fixed"]) == {"names", "estimate", "se", "vcov", "df_satterthwaite", "t", "p_satterthwaite",
+                                 "df_kenward_roger", "t_kenward_roger", "p_kenward_roger"}
     assert set(out["ranef"]["Subject"]) == {"levels", "terms", "values", "cond_sd"}
     assert out["deviance"] is None and out["reml_criterion"] > 0
     assert out["correlation_parameters"] is None and out["variance_function"] is None

@@ -1,0 +1,168 @@
+"""Likelihood-profile confidence limits, lme4's `profile.merMod` + `confint.thpr`, as pure JAX.
+
+lme4 profiles the ML deviance, also for REML fits (its `devfun2` refits by ML first), on
+the sd/cor scale ψ = (sd/cor per term, σ, β) of `sdcor.py`. For one coordinate ψ_w,
+
+    ζ(x) = sign(x - ψ̂_w) √(D_w(x) - D̂),   D_w(x) = min over ψ_{-w} of D(ψ) with ψ_w = x,
+
+D̂ the minimum ML deviance. The level-(1-α) interval is {x : |ζ(x)| ≤ z}, z = Φ⁻¹(1 - α/2).
+lme4 finds its ends by interpolating a spline through profile points; here each end is the
+root of h(u) = √(D_w(ψ̂_w + s u) - D̂) - z in the distance u ≥ 0 from the estimate
+(s = ±1 the direction), found by a safeguarded Newton iteration: the slope comes from the
+envelope theorem, dD_w/dx = ∂D/∂ψ_w at the inner optimum, and a bracket [lo, hi] with
+h(lo) < 0 < h(hi) falls back to bisection (or, with no upper end yet, to doubling u).
+Each D_w(x) is a `newton.minimize` with ψ_w held fixed (`free` mask), warm-started at the
+previous point's optimum. The first trial step is the Wald distance z √(2 (H⁻¹)_ww) from
+the Hessian H of D at ψ̂.
+
+An end that the profile does not reach inside the parameter's range is reported as lme4
+reports it: the bound itself (an SD's lower limit 0, a correlation's ±1, σ's 0 or ∞), with
+status `UNREACHED`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .arrays import ModelArrays, ModelShape
+from .blocked import cross_products
+from .model import fit_arrays
+from .newton import minimize
+from .sdcor import n_variance, parameter_bounds, sdcor_deviance, theta_to_sdcor
+
+REACHED = 0
+UNREACHED = 1  # the profile stays below z up to the parameter's bound: the bound is reported
+NOT_CONVERGED = 2  # the root iteration ran out of steps
+STATUS_MESSAGES = {REACHED: "reached", UNREACHED: "not reached before the parameter's bound",
+                   NOT_CONVERGED: "root search did not converge"}
+ROOT_TOLERANCE = 1e-9  # |√ΔD - z| at an accepted end
+MAX_ROOT_STEPS = 60
+
+
+class ProfileLimits(NamedTuple):
+    """Per profiled coordinate: the estimate and both ends, each with a status code."""
+
+    estimate: jnp.ndarray
+    lower: jnp.ndarray
+    upper: jnp.ndarray
+    lower_status: jnp.ndarray
+    upper_status: jnp.ndarray
+
+
+class _Root(NamedTuple):
+    u: jnp.ndarray        # the next distance to evaluate
+    lo: jnp.ndarray       # largest distance known to have h < 0
+    hi: jnp.ndarray       # smallest distance known to have h > 0 (inf: none yet)
+    warm: jnp.ndarray     # the last inner optimum (warm start)
+    best: jnp.ndarray     # the last evaluated distance
+    h: jnp.ndarray
+    step: jnp.ndarray
+    status: jnp.ndarray   # -1 while running
+
+
+def ml_shape(shape: ModelShape) -> ModelShape:
+    """The same model under ML: lme4 profiles the ML deviance (`refitML`)."""
+    return dataclasses.replace(shape, reml=False)
+
+
+def _wald_distance(hess: jnp.ndarray, w, z) -> jnp.ndarray:
+    """z √(2 (H⁻¹)_ww), H⁻¹ through its eigen-decomposition with tiny eigenvalues clipped."""
+    eigvals, eigvecs = jnp.linalg.eigh(hess)
+    floor = 1e-12 * jnp.maximum(jnp.max(jnp.abs(eigvals)), 1e-300)
+    variance = jnp.sum(eigvecs[w] ** 2 / jnp.maximum(eigvals, floor))
+    return z * jnp.sqrt(2.0 * variance)
+
+
+def profile_end(deviance, psi_hat, d_hat, hess, w, direction, z, lower, upper,
+                max_steps: int = MAX_ROOT_STEPS):
+    """One end of coordinate w's interval in `direction` (±1): (value, status)."""
+    x_hat = psi_hat[w]
+    bound = jnp.where(direction > 0, upper[w], lower[w])
+    u_max = direction * (bound - x_hat)
+    u_cap = jnp.where(jnp.isfinite(u_max),
+                      jnp.maximum(u_max - 1e-9 * (1.0 + jnp.abs(bound)), 0.0), jnp.inf)
+    free = jnp.arange(psi_hat.shape[0]) != w
+    u0 = _wald_distance(hess, w, z)
+    u0 = jnp.where(jnp.isfinite(u0) & (u0 > 0), u0, 1.0 + jnp.abs(x_hat))
+
+    def evaluate(u, warm):
+        start = warm.at[w].set(x_hat + direction * u)
+        res = minimize(deviance, start, free)
+        delta = res.fun - d_hat
+        ok = res.converged & jnp.isfinite(res.fun)
+        root = jnp.sqrt(jnp.maximum(delta, 0.0))
+        slope = direction * jax.grad(deviance)(res.x)[w] / (2.0 * jnp.maximum(root, 1e-12))
+        return root - z, slope, ok, jnp.where(ok, res.x, warm)
+
+    def step(s: _Root) -> _Root:
+        h, slope, ok, warm = evaluate(s.u, s.warm)
+        below = ok & (h < 0)
+        lo = jnp.where(below, s.u, s.lo)
+        hi = jnp.where(below, s.hi, s.u)  # a failed inner fit counts as "too far"
+        newton = s.u - h / slope
+        use_newton = ok & jnp.isfinite(newton) & (newton > lo) & (newton < hi)
+        fallback = jnp.where(jnp.isfinite(hi), 0.5 * (lo + hi), 2.0 * s.u)
+        u_next = jnp.minimum(jnp.where(use_newton, newton, fallback), u_cap)
+        done_root = (ok & (jnp.abs(h) < ROOT_TOLERANCE)) | (jnp.isfinite(hi) & (hi - lo <= 1e-13 * (1.0 + hi)))
+        unreached = below & (s.u >= u_cap)
+        status = jnp.where(done_root, REACHED, jnp.where(unreached, UNREACHED,
+                           jnp.where(s.step + 1 >= max_steps, NOT_CONVERGED, -1)))
+        return _Root(u_next, lo, hi, warm, s.u, h, s.step + 1, status)
+
+    zero = jnp.zeros((), psi_hat.dtype)
+    start = _Root(jnp.minimum(u0, u_cap), zero, jnp.asarray(jnp.inf, psi_hat.dtype), psi_hat,
+                  zero, -z + zero, jnp.asarray(0), jnp.where(u_cap > 0, -1, UNREACHED))
+    final = jax.lax.while_loop(lambda s: s.status < 0, step, start)
+    value = jnp.where(final.status == UNREACHED, bound, x_hat + direction * final.best)
+    return value, final.status
+
+
+def sdcor_estimates(fit, shape: ModelShape):
+    """(ψ̂, D̂) from an ML fit's `FitParams`: ψ on the sd/cor scale with β appended."""
+    sigma = jnp.sqrt(fit.sigma2)
+    variance = theta_to_sdcor(jnp.asarray(fit.theta), sigma, shape)[:n_variance(shape)]
+    return jnp.concatenate([variance, jnp.asarray(fit.beta)]), jnp.asarray(fit.objective)
+
+
+def ml_estimates(arrays: ModelArrays, shape: ModelShape, theta0):
+    """(ψ̂, D̂) of the ML fit (lme4's `refitML` for a REML model)."""
+    shape = ml_shape(shape)
+    return sdcor_estimates(fit_arrays(arrays, shape, theta0), shape)
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def profile_limits(arrays: ModelArrays, shape: ModelShape, psi_hat, d_hat, z, which):
+    """`ProfileLimits` for the coordinates `which` (an integer array) of ψ, at level
+    Φ(z) - Φ(-z), from the ML estimates (ψ̂, D̂) of `ml_estimates`. A pure function of
+    the arrays (`jax.lax.map` it over responses); all ends run in one `lax.map`, so one
+    compiled program serves every coordinate."""
+    shape = ml_shape(shape)
+    cp = cross_products(arrays, shape)
+    deviance = partial(sdcor_deviance, cp=cp, shape=shape, n=arrays.y.shape[0])
+    hess = jax.hessian(deviance)(psi_hat)
+    lower, upper = (jnp.asarray(b) for b in parameter_bounds(shape, arrays.X.shape[1]))
+    which = jnp.asarray(which)
+    ws = jnp.repeat(which, 2)
+    directions = jnp.tile(jnp.asarray([-1.0, 1.0]), which.shape[0])
+    values, status = jax.lax.map(
+        lambda a: profile_end(deviance, psi_hat, d_hat, hess, a[0], a[1], z, lower, upper),
+        (ws, directions))
+    return ProfileLimits(psi_hat[which], values[0::2], values[1::2], status[0::2], status[1::2])
+
+
+def all_coordinates(shape: ModelShape, n_fixed: int) -> np.ndarray:
+    return np.arange(n_variance(shape) + n_fixed)
+
+
+def check_against_base(arrays: ModelArrays, shape: ModelShape, theta0) -> float:
+    """|D(ψ̂) - D̂|: the sd/cor deviance agrees with the fit's ML deviance (a self-check)."""
+    psi_hat, d_hat = ml_estimates(arrays, shape, theta0)
+    shape = ml_shape(shape)
+    cp = cross_products(arrays, shape)
+    return float(np.abs(sdcor_deviance(psi_hat, cp, shape, arrays.y.shape[0]) - d_hat))

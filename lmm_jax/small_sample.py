@@ -1,0 +1,91 @@
+"""Small-sample inference for the fixed effects: one compiled program per model shape.
+
+`small_sample_terms` evaluates, at the fit, everything Satterthwaite's
+(`satterthwaite.py`) and Kenward-Roger's (`kenward_roger.py`, REML fits with unstructured
+terms) tests need; the df of any contrast then follow on the host from small matrices.
+`coefficient_tests` gives lmerTest's per-coefficient table: t = β̂_j/se_j on Satterthwaite's
+df, and the KR t = β̂_j/√(Φ_A)_jj on KR's df (lmerTest's `summary(m, ddf = "Kenward-Roger")`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from scipy import stats
+
+from .arrays import ModelArrays, ModelShape
+from .blocked import cross_products
+from .kenward_roger import KenwardRogerTerms, kenward_roger_adjust, kenward_roger_terms
+from .satterthwaite import (SatterthwaiteTerms, contrast_df, satterthwaite_terms_phi,
+                            satterthwaite_terms_psi)
+from .scale_derivatives import scale_derivatives
+from .structures import CholeskyFactor
+
+
+class SmallSampleTerms(NamedTuple):
+    satterthwaite: SatterthwaiteTerms
+    kenward_roger: KenwardRogerTerms | None
+
+
+def on_variance_scale(shape: ModelShape) -> bool:
+    """Whether the model has the variance scale φ (unstructured terms only)."""
+    return all(type(s) is CholeskyFactor for s in shape.structures)
+
+
+@partial(jax.jit, static_argnames=("shape", "boundary"))
+def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
+                       boundary: bool = False) -> SmallSampleTerms:
+    """Satterthwaite's terms, and Kenward-Roger's for REML fits on the φ scale.
+
+    One forward-over-forward pass on φ serves both (`scale_derivatives.py`); Satterthwaite
+    is taken on lmerTest's ψ = (θ, σ) scale instead at a `boundary` (a singular fit, where
+    φ's df differ from lmerTest's) or without the φ scale."""
+    phi_scale = on_variance_scale(shape)
+    derivatives = scale_derivatives(arrays, shape, theta, sigma2) if phi_scale else None
+    if phi_scale and not boundary:
+        satt = satterthwaite_terms_phi(derivatives)
+    else:
+        satt = satterthwaite_terms_psi(cross_products(arrays, shape), arrays, shape, theta, sigma2)
+    kr = kenward_roger_terms(derivatives) if phi_scale and shape.reml else None
+    return SmallSampleTerms(satt, kr)
+
+
+def fit_terms(result) -> SmallSampleTerms:
+    """`small_sample_terms` at a `FitResult`'s estimates, on the host."""
+    model, params = result.model, result.params
+    return jax.device_get(small_sample_terms(model.arrays, model.shape, params.theta, params.sigma2,
+                                             boundary=bool(result.singular)))
+
+
+def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    return 2.0 * stats.t.sf(np.abs(t), df)
+
+
+def coefficient_tests(beta: np.ndarray, terms: SmallSampleTerms) -> dict:
+    """Per fixed effect: df_satterthwaite, t, p_satterthwaite, and for KR df_kenward_roger,
+    t_kenward_roger, p_kenward_roger (None without KR)."""
+    p = beta.size
+    rows = np.eye(p)
+    satt = terms.satterthwaite
+    se = np.sqrt(np.diag(np.asarray(satt.vcov)))
+    df = np.array([contrast_df(row, satt) for row in rows])
+    t = beta / se
+    out = {"df_satterthwaite": df, "t": t, "p_satterthwaite": two_sided_p(t, df),
+           "df_kenward_roger": None, "t_kenward_roger": None, "p_kenward_roger": None}
+    kr = terms.kenward_roger
+    if kr is not None:
+        df_kr = np.array([kenward_roger_adjust(row[None, :], kr)[0] for row in rows])
+        t_kr = beta / np.sqrt(np.diag(np.asarray(kr.vcov_adjusted)))
+        out.update(df_kenward_roger=df_kr, t_kenward_roger=t_kr, p_kenward_roger=two_sided_p(t_kr, df_kr))
+    return out
+
+
+def fixed_effect_tests(result) -> dict:
+    """`coefficient_tests` of a `FitResult` as JSON-able lists (None for a missing or
+    non-finite value)."""
+    out = coefficient_tests(result.fixef.to_numpy(), result.small_sample_terms())
+    return {key: None if values is None else [float(v) if np.isfinite(v) else None for v in values]
+            for key, values in out.items()}

@@ -1,0 +1,120 @@
+"""lmerTest's type III contrasts for the fixed-effect terms (its `get_contrasts_type3`).
+
+For treatment-coded X (formulaic's default) lmerTest expresses each term's full dummy coding
+(`~ 0 + term`, every level) in X's coefficients, L₀ = (X⁺ R)' with R the stacked full codings
+(and the intercept), then, from the highest-order term down, replaces a term's columns of L₀
+by their residuals on the columns of the terms containing it (T ⊂ T₂: T₂ has all of T's
+variables and more, and the same numeric variables). A term's contrast is its columns of L₀
+read at X's own columns (rows with all |entries| ≤ 1e-8 dropped). With a single term lmerTest
+uses type I instead: the term's rows of U, X'X = U'DU (Doolittle, U unit upper triangular,
+from the fit's own X).
+
+X⁺R is computed on a synthetic frame holding every combination of factor levels, with
+random numeric values: where R lies in the span of X (every formula whose terms are all
+contained in higher-order ones by R's rules, e.g. `a * b + c`) this is exactly lmerTest's
+data-based result; otherwise lmerTest's contrasts depend on the data and this module refuses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import formulaic
+import numpy as np
+import pandas as pd
+
+TOLERANCE = 1e-8
+
+
+def _variables(spec) -> tuple[dict, list]:
+    """{variable: categories or None (numeric)} and the non-intercept terms of the fixed spec."""
+    kinds = {}
+    for name, (kind, state) in spec.encoder_state.items():
+        kinds[name] = list(state["categories"]) if str(kind.value) == "categorical" else None
+    terms = [t for t in spec.terms if str(t) != "1"]
+    return kinds, terms
+
+
+def _term_variables(term) -> set:
+    return {str(f) for f in term.factors}
+
+
+def _synthetic_frame(spec, kinds: dict, repeats: int = 3) -> pd.DataFrame:
+    """Every combination of factor levels, `repeats` rows each, numeric variables in [1, 3]."""
+    rng = np.random.default_rng(20240601)
+    factors = {}
+    for var in sorted(spec.required_variables):
+        levels = [v for k, v in kinds.items() if v is not None and re.search(rf"\b{re.escape(var)}\b", k)]
+        if levels:
+            factors[var] = levels[0]
+    cells = list(itertools.product(*factors.values())) or [()]
+    rows = [dict(zip(factors, cell)) for cell in cells for _ in range(repeats)]
+    frame = pd.DataFrame(rows, index=range(len(rows)))
+    for name, levels in factors.items():
+        frame[name] = pd.Categorical(frame[name], categories=levels)
+    for name in sorted(set(spec.required_variables) - set(factors)):
+        frame[name] = rng.uniform(1.0, 3.0, size=len(rows))
+    return frame
+
+
+def _column_map(spec, terms) -> dict:
+    indices = {str(t): list(v) for t, v in spec.term_indices.items()}
+    return {str(t): indices[str(t)] for t in terms}
+
+
+def type1_contrasts(X: np.ndarray, columns: dict) -> dict:
+    """lmerTest's type I rows: U from X'X = U'DU (the unit upper-triangular Doolittle factor)."""
+    chol = np.linalg.cholesky(X.T @ X)
+    unit_upper = (chol / np.diag(chol)).T
+    return {name: unit_upper[cols] for name, cols in columns.items()}
+
+
+def type3_contrasts(design) -> dict[str, np.ndarray]:
+    """{term: L (rows, p)} of lmerTest's type III tests, for the design's fixed part."""
+    spec = design.fixed_spec
+    if design.dropped_columns:
+        raise NotImplementedError("type III contrasts of a rank-deficient fixed part are not "
+                                  "implemented; test the remaining coefficients with result.test")
+    kinds, terms = _variables(spec)
+    columns = _column_map(spec, terms)
+    try:
+        frame = _synthetic_frame(spec, kinds)
+        X = np.asarray(spec.get_model_matrix(frame), dtype=float)
+        if X.shape[1] <= 1 or len(terms) <= 1:
+            return type1_contrasts(design.X, columns)
+        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame), dtype=float) for t in terms]
+    except NotImplementedError:
+        raise
+    except Exception as error:
+        raise NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
+                                  "use result.test with your own L") from None
+    has_intercept = any(str(t) == "1" for t in spec.terms)
+    R = np.column_stack(([np.ones(len(frame))] if has_intercept else []) + full)
+    coef, *_ = np.linalg.lstsq(X, R, rcond=None)
+    if not np.allclose(X @ coef, R, atol=1e-8 * max(1.0, np.abs(R).max())):
+        raise NotImplementedError("lmerTest's type III contrasts of this formula depend on the data "
+                                  "(a term's full coding is outside the span of X); use result.test")
+    L0 = coef.T
+    _orthogonalise(L0, terms, columns, kinds)
+    at_x = [int(np.flatnonzero(np.all(np.isclose(R, X[:, [j]]), axis=0))[0]) for j in range(X.shape[1])]
+    out = {}
+    for name, cols in columns.items():
+        L = L0[at_x][:, cols].T
+        out[name] = L[np.abs(L).sum(axis=1) > TOLERANCE]
+    return out
+
+
+def _orthogonalise(L0: np.ndarray, terms, columns: dict, kinds: dict) -> None:
+    """From the highest order down: a term's columns -> residuals on its containing terms'."""
+    variables = {str(t): _term_variables(t) for t in terms}
+    numerics = {k: {v for v in vs if kinds.get(v) is None} for k, vs in variables.items()}
+    for term in sorted(variables, key=lambda k: -len(variables[k])):
+        containing = [t for t in variables if variables[term] < variables[t]
+                      and numerics[term] == numerics[t]]
+        if not containing:
+            continue
+        basis = L0[:, [c for t in containing for c in columns[t]]]
+        target = L0[:, columns[term]]
+        fitted = basis @ np.linalg.lstsq(basis, target, rcond=None)[0]
+        L0[:, columns[term]] = target - fitted

@@ -1,0 +1,148 @@
+"""`fit_batch(formula, datasets=[...])`: data sets of different sizes padded into shared shapes
+must give, entry by entry, the single fit of each data set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmm_jax
+from lmm_jax.model import Model, deviance_function
+from lmm_jax.ragged import bucket_size, padded_arrays, padded_shape
+
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+INTERCEPT_ONLY = "Reaction ~ Days + (1 | Subject)"  # a smaller program, for the sharded run
+
+
+def subset(data, subjects, days, seed=None):
+    """Rows of `subjects` (first ones) on `days`; with a seed, Reaction replaced by noise
+    around a common line (no between-subject variation: a singular fit)."""
+    keep = data["Subject"].isin(data["Subject"].unique()[:subjects]) & (data["Days"] < days)
+    out = data[keep].reset_index(drop=True)
+    if seed is not None:
+        noise = np.random.default_rng(seed).normal(0, 30, len(out))
+        out = out.assign(Reaction=250 + 10 * out["Days"] + noise)
+    return out
+
+
+def ragged_datasets(sleepstudy):
+    """Six data sets, 84 to 180 rows and 11 to 18 subjects, in two buckets (two programs):
+    96 rows x 12 levels and 192 rows x 24 levels; those with 11 and 17 subjects get padded
+    levels without rows. The last has no between-subject variation: a singular fit."""
+    return {"s11d8": subset(sleepstudy, 11, 8), "s12d8": subset(sleepstudy, 12, 8),
+            "s18d10": subset(sleepstudy, 18, 10), "s17d10": subset(sleepstudy, 17, 10),
+            "s18d9": subset(sleepstudy, 18, 9), "flat": subset(sleepstudy, 12, 7, seed=3)}
+
+
+def assert_close(actual, expected, rtol, what, atol=0.0):
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    bad = np.abs(actual - expected) > atol + rtol * np.abs(expected)
+    assert not bad.any(), f"{what}: {actual[bad][:5]} != {expected[bad][:5]}"
+
+
+def test_bucket_ladder():
+    assert [bucket_size(n) for n in (1, 2, 3, 4, 5, 6, 7, 9, 13, 17, 25, 180, 1000)] == \
+        [1, 2, 3, 4, 6, 6, 8, 12, 16, 24, 32, 192, 1024]
+
+
+@pytest.mark.parametrize("evaluator", ["blocked", "dense"])
+def test_padding_leaves_the_likelihood_unchanged(sleepstudy, evaluator):
+    """Rows of weight 0 and levels without rows (identity blocks, log-det 0) change nothing."""
+    model = Model.from_formula(FORMULA, sleepstudy, "ML")
+    padded = padded_arrays(model.design, 256)
+    shape = padded_shape(model.design, (256, (24,)), "ML")
+    theta = np.array([0.9, 0.02, 0.2])
+    expected = model.deviance(theta, evaluator=evaluator)
+    actual = deviance_function(padded, shape, evaluator)(theta)
+    assert_close(actual, expected, 1e-12, "padded deviance")
+
+
+def test_datasets_equal_single_fits(sleepstudy):
+    datasets = ragged_datasets(sleepstudy)
+    out = lmm_jax.fit_batch(FORMULA, datasets=datasets, progress=False)
+    assert out.names == tuple(datasets)
+    assert out.converged.all()
+    assert out.singular.tolist() == [False] * 5 + [True]
+    for i, (name, frame) in enumerate(datasets.items()):
+        single = lmm_jax.fit(FORMULA, frame)
+        assert_close(out.beta[i], single.fixef, 1e-6, f"beta of {name}")
+        assert_close(out.se[i], single.se, 1e-6, f"se of {name}")
+        assert_close(out.theta[i], single.theta, 1e-6, f"theta of {name}", atol=1e-7)
+        assert_close(out.sigma[i], single.sigma, 1e-6, f"sigma of {name}")
+        assert_close(out.loglik[i], single.loglik, 1e-6, f"loglik of {name}")
+        assert out.singular[i] == single.singular
+
+
+def test_ml_and_a_list_of_datasets(sleepstudy):
+    datasets = [subset(sleepstudy, 9, 10), subset(sleepstudy, 10, 9)]
+    before = [frame.copy() for frame in datasets]
+    out = lmm_jax.fit_batch("Reaction ~ Days + (1 | Subject)", datasets=datasets, method="ML",
+                            progress=False)
+    assert out.names == (0, 1) and out.method == "ML"
+    for i, frame in enumerate(datasets):
+        single = lmm_jax.fit("Reaction ~ Days + (1 | Subject)", frame, method="ML")
+        assert_close(out.theta[i], single.theta, 1e-6, "theta")
+        assert_close(out.loglik[i], single.loglik, 1e-6, "loglik")
+        pd.testing.assert_frame_equal(frame, before[i])  # inputs untouched
+
+
+def test_different_fixed_columns_name_the_dataset(sleepstudy):
+    first = sleepstudy.assign(arm=np.where(sleepstudy["Days"] < 5, "a", "b"))
+    second = sleepstudy.assign(arm=np.select([sleepstudy["Days"] < 3, sleepstudy["Days"] < 6], ["a", "b"], "c"))
+    with pytest.raises(lmm_jax.DataError, match=r"dataset 1 has fixed-effect columns .*arm\[T.c\]"):
+        lmm_jax.fit_batch("Reaction ~ arm + (1 | Subject)", datasets=[first, second], progress=False)
+
+
+def test_bad_dataset_is_named(sleepstudy):
+    with pytest.raises(lmm_jax.DataError, match="dataset 'b': column 'Days'"):
+        lmm_jax.fit_batch(FORMULA, datasets={"a": sleepstudy, "b": sleepstudy.drop(columns="Days")},
+                          progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        lmm_jax.fit_batch(FORMULA, sleepstudy, datasets=[sleepstudy], progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        lmm_jax.fit_batch(FORMULA, datasets=[sleepstudy], dtype="float16", progress=False)
+
+
+
+SHARDED_CHILD = """
+import sys, numpy as np, jax, lmm_jax
+sys.path.insert(0, {tests!r})
+from test_batch_ragged import INTERCEPT_ONLY, ragged_datasets
+from test_batch import simulate_sleepstudy
+assert jax.local_device_count() == 4, jax.devices()
+data = lmm_jax.datasets.load("sleepstudy")
+by_response = lmm_jax.fit_batch(INTERCEPT_ONLY, data, simulate_sleepstudy(data, 6), progress=False)
+by_dataset = lmm_jax.fit_batch(INTERCEPT_ONLY, datasets=ragged_datasets(data), progress=False)
+np.savez({path!r}, **{{f"{{kind}}_{{name}}": getattr(out, name) for kind, out in
+                      (("response", by_response), ("dataset", by_dataset))
+                      for name in ("beta", "se", "theta", "sigma", "loglik")}})
+"""
+
+
+@pytest.mark.slow
+def test_sharded_over_four_host_devices_equals_one_device(sleepstudy, tmp_path):
+    """The batch split over 4 CPU devices (a subprocess: XLA flags act before JAX starts)
+    gives the single-device numbers; 6 responses and 6 data sets pad to multiples of 4."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_batch import simulate_sleepstudy
+
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": os.pathsep.join([str(Path(tests).parent), os.environ.get("PYTHONPATH", "")])}
+    path = str(tmp_path / "sharded.npz")
+    done = subprocess.run([sys.executable, "-c", SHARDED_CHILD.format(tests=tests, path=path)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = np.load(path)
+    expected = {"response": lmm_jax.fit_batch(INTERCEPT_ONLY, sleepstudy, simulate_sleepstudy(sleepstudy, 6),
+                                              progress=False),
+                "dataset": lmm_jax.fit_batch(INTERCEPT_ONLY, datasets=ragged_datasets(sleepstudy),
+                                             progress=False)}
+    for kind, out in expected.items():
+        for name in ("beta", "se", "theta", "sigma", "loglik"):
+            assert_close(sharded[f"{kind}_{name}"], getattr(out, name), 1e-10, f"{kind} {name}", atol=1e-12)

@@ -1,0 +1,117 @@
+"""Satterthwaite and Kenward-Roger inference for β against lmerTest 3.1-3 / pbkrtest 0.5.2.
+
+Per-coefficient df, t and p of every `lmm` reference case (lmerTest's df come from a
+numerical Hessian: 2e-3 relative, shared/reference/README.md); contrast F tests and type III
+ANOVA tables pinned to Rscript output of lmerTest's `contest` and `anova` on the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import cases_of_kind
+
+DF_RTOL = 2e-3  # lmerTest's own df are numerical
+FIT_RTOL = 1e-4  # F and sums of squares carry the fits' 1e-4 agreement with lme4
+FAST_CASES = {"dyestuff2_reml", "dyestuff_ml", "dyestuff_reml", "sleepstudy_reml"}  # the rest: slow (compiles)
+CASES = [c if c in FAST_CASES else pytest.param(c, marks=pytest.mark.slow) for c in cases_of_kind("lmm")]
+KEYS = ("df_satterthwaite", "t", "p_satterthwaite", "df_kenward_roger", "p_kenward_roger")
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_coefficient_tests_match_lmertest(case_id, fitted):
+    case, result = fitted(case_id)
+    ours, ref = result.to_dict()["fixed"], case["fixed"]
+    for key in KEYS:
+        if ref[key] is None:  # ML fits have no KR; for insteval pbkrtest (dense n x n) was not run
+            if case["method"] == "ML":
+                assert ours[key] is None, f"{key}: KR is for REML fits only"
+            continue
+        np.testing.assert_allclose(ours[key], ref[key], rtol=DF_RTOL, err_msg=key)
+
+
+def test_singular_fit_uses_lmertest_scale(fitted):
+    """dyestuff2: σ_Batch = 0. On lmerTest's (θ, σ) scale ∂Var(β̂)/∂θ = 0 there, so its df are
+    n - 1 = 29; Kenward-Roger's (on the variance scale) are the a - 1 = 5 of the balanced design."""
+    case, result = fitted("dyestuff2_reml")
+    fixed = result.to_dict()["fixed"]
+    assert result.singular
+    np.testing.assert_allclose(fixed["df_satterthwaite"], [29.0], rtol=1e-8)
+    np.testing.assert_allclose(fixed["df_kenward_roger"], [5.0], rtol=1e-6)
+
+
+def test_contrast_tests_match_contest(fitted):
+    """lmerTest::contest(m, L) and contest(m, L, ddf = "Kenward-Roger") on sleepstudy."""
+    _, result = fitted("sleepstudy_reml")
+    one = result.test([0, 1])
+    np.testing.assert_allclose([one["F"], one["den_df"], one["p_value"]],
+                               [45.8529615558586, 16.9999837255917, 3.26382446992738e-06], rtol=DF_RTOL)
+    assert one["num_df"] == 1 and one["method"] == "Satterthwaite"
+    same = result.test({"Days": 1.0})
+    assert same["F"] == pytest.approx(one["F"], rel=1e-12)
+    two = result.test(np.eye(2))
+    np.testing.assert_allclose([two["F"], two["den_df"]], [749.950453899299, 16.9998460493499], rtol=FIT_RTOL)
+    kr = result.test(np.eye(2), ddf="Kenward-Roger")
+    np.testing.assert_allclose([kr["F"], kr["den_df"]], [705.835721316987, 16.0000000000003], rtol=FIT_RTOL)
+    assert kr["num_df"] == 2 and kr["p_value"] < 1e-15
+
+
+@pytest.mark.slow
+def test_mathachieve_contrast_and_anova(fitted):
+    """contest() of three coefficients and lmerTest's type III anova(m): cSES is contained in
+    cSES:Sector, so its contrast is cSES + ½ cSES:SectorPublic (lmerTest's type III)."""
+    _, result = fitted("mathachieve_reml")
+    L = np.zeros((3, 5))
+    L[0, 1] = L[1, 2] = L[2, 4] = 1.0
+    satt, kr = result.test(L), result.test(L, ddf="KR")
+    np.testing.assert_allclose([satt["F"], satt["den_df"]], [135.718046398332, 152.996794432338], rtol=FIT_RTOL)
+    np.testing.assert_allclose([kr["F"], kr["den_df"]], [134.360275353852, 172.349739278508], rtol=FIT_RTOL)
+    table = result.anova()
+    assert list(table.index) == ["cSES", "Sector", "MEANSES", "cSES:Sector"]
+    np.testing.assert_allclose(table["Sum Sq"], [11899.408291006, 605.703916860, 7447.212445003, 1209.300616121],
+                               rtol=FIT_RTOL)
+    np.testing.assert_allclose(table["DenDF"], [152.9728790257, 149.7125168654, 151.2735797809, 152.9701215740],
+                               rtol=DF_RTOL)
+    kr_table = result.anova(ddf="Kenward-Roger")
+    np.testing.assert_allclose(kr_table["F value"], [323.16955, 16.47237, 200.38337, 32.84152], rtol=FIT_RTOL)
+    np.testing.assert_allclose(kr_table["DenDF"], [145.3454867822, 154.5358902422, 155.8007802434, 145.3412528334],
+                               rtol=DF_RTOL)
+
+
+def test_anova_single_term(fitted):
+    """sleepstudy: lmerTest's anova(m) (one term: type I)."""
+    _, result = fitted("sleepstudy_reml")
+    for ddf in ("Satterthwaite", "Kenward-Roger"):
+        table = result.anova(ddf)
+        np.testing.assert_allclose(table.loc["Days", ["Sum Sq", "F value", "Pr(>F)"]].to_numpy(float),
+                                   [30030.93902014, 45.85296, 3.2638e-06], rtol=FIT_RTOL)
+        assert table.loc["Days", "DenDF"] == pytest.approx(17.0, rel=DF_RTOL)
+
+
+@pytest.mark.slow
+def test_anova_uncontained_terms(fitted):
+    """Orthodont: Sex and age:Sex are not contained in another term, so their type III tests
+    are the coefficients' t tests."""
+    case, orthodont = fitted("orthodont_reml")
+    rows = orthodont.anova().loc[["Sex", "age:Sex"]]
+    ref = case["fixed"]
+    np.testing.assert_allclose(rows["DenDF"], ref["df_satterthwaite"][2:], rtol=DF_RTOL)
+    np.testing.assert_allclose(rows["F value"], np.square(ref["t"][2:]), rtol=FIT_RTOL)
+
+
+def test_bad_contrasts_are_refused(fitted):
+    _, result = fitted("sleepstudy_reml")
+    with pytest.raises(ValueError, match="shape"):
+        result.test([1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="rank"):
+        result.test([[0.0, 1.0], [0.0, 2.0]])
+    with pytest.raises(ValueError, match="unknown fixed effects"):
+        result.test({"Day": 1.0})
+    with pytest.raises(ValueError, match="non-finite"):
+        result.test([np.nan, 1.0])
+    with pytest.raises(ValueError, match="ddf"):
+        result.test([0.0, 1.0], ddf="Wald")
+    _, ml = fitted("dyestuff_ml")
+    with pytest.raises(ValueError, match="REML"):
+        ml.test([1.0], ddf="Kenward-Roger")
