@@ -30,7 +30,7 @@ def result_to_dict(result) -> dict:
             "estimate": _floats(result.fixef),
             "se": _floats(result.se),
             "vcov": [_floats(row) for row in result.vcov.to_numpy()],
-            **fixed_effect_tests(result),
+            **(fixed_effect_tests(result) if result.small_sample_supported else {}),
         },
         "sigma": result.sigma,
         "theta": _floats(result.theta),

@@ -134,6 +134,8 @@ def _post_fit(arrays, res, shape: ResidualShape, x, sigma2):
 class ResidualFitResult(FitResult):
     """A fitted gls/lme model with residual structures; nlme's logLik, AIC and BIC."""
 
+    small_sample_supported = False  # small_sample.py differentiates the plain model's V₀
+
     def _post_fit_values(self):
         model, params = self.model, self.params
         x = np.concatenate([np.asarray(params.theta), np.asarray(params.residual)])

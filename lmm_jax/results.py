@@ -59,6 +59,7 @@ class FitResult:
         self._small_sample = None
 
     correlation_parameters = None  # residual structures only (`residual_model.py`)
+    small_sample_supported = True  # Satterthwaite/KR terms in to_dict (not yet with residual structures)
     variance_function = None
 
     def _post_fit_values(self):

@@ -8,7 +8,7 @@ import lmm_jax
 
 KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "varcorr", "loglik",
         "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef", "correlation_parameters",
-        "variance_function"}
+        "variance_function", "structure_parameters"}
 
 
 def test_to_dict_keys_and_json(sleepstudy):
