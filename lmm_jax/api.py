@@ -6,7 +6,7 @@ from .model import Model
 
 
 def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None,
-        known=None):
+        known=None, correlation: str | None = None):
     """Fit a linear mixed model written in lme4's formula syntax.
 
     >>> import lmm_jax
@@ -18,6 +18,21 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
     modified); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
     `known`: {grouping factor: K} gives a term (1 | g) the covariance σ_g² K for a known
     relationship matrix K over g's levels (`known_covariance.py`). Returns a `FitResult`.
+
+    Residual structures as nlme's `correlation=` and `weights=` (`residual_model.py`):
+    `correlation="ar1(~ 1 | g)"`, `"car1(~ t | g)"`, `"cs(~ 1 | g)"`, `"un(~ 1 | g)"`,
+    `"exp(~ x + y | g, nugget=True)"`; `weights="ident(~ 1 | f)"` or `"power(~ x)"` (a
+    string with '~' is a variance function, not a column). A formula without random terms
+    is then a gls fit. Returns a `ResidualFitResult` (nlme's logLik, AIC, BIC).
     """
+    from .residual_design import looks_like_structure
+
+    if correlation is not None or looks_like_structure(weights):
+        from .residual_model import ResidualModel
+
+        variance = weights if looks_like_structure(weights) else None
+        prior = None if variance is not None else weights
+        return ResidualModel.from_formula(formula, data, method, prior, data_name, correlation,
+                                          variance).fit()
     return Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
                               known=known).fit()

@@ -1,4 +1,4 @@
-"""Command line: `lmm-jax fit DATA FORMULA [--method REML|ML] [--json]`.
+"""Command line: `lmm-jax fit DATA FORMULA [--method REML|ML] [--correlation S] [--weights S] [--json]`.
 
 DATA is a CSV file or the name of a bundled data set (`lmm-jax datasets` lists them).
 Compiled programs are kept in JAX's persistent compilation cache so that a second
@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="a CSV file, or the name of a bundled data set")
     fit.add_argument("formula", help="lme4 formula, e.g. 'Reaction ~ Days + (Days | Subject)'")
     fit.add_argument("--method", default="REML", choices=["REML", "ML"])
+    fit.add_argument("--correlation", default=None, help="residual correlation, e.g. 'ar1(~ 1 | Subject)'")
+    fit.add_argument("--weights", default=None, help="variance function, e.g. 'ident(~ 1 | age)'")
     fit.add_argument("--json", action="store_true", help="print the result's to_dict() as JSON")
     fit.add_argument("--cache-dir", default=None, help="JAX compilation cache folder")
     fit.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(args.formula, frame, method=args.method, data_name=name)
+            result = fit(args.formula, frame, method=args.method, data_name=name,
+                         correlation=args.correlation, weights=args.weights)
     except (DataError, FormulaError) as error:
         print(f"lmm-jax: {error}", file=sys.stderr)
         return 2

@@ -40,7 +40,12 @@ def dense_v0(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -> jnp.
 
 def dense_profile(theta: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -> Profiled:
     """`Profiled` at θ straight from V₀."""
-    chol_v = jnp.linalg.cholesky(dense_v0(theta, arrays, shape))
+    return profile_from_v0(dense_v0(theta, arrays, shape), arrays)
+
+
+def profile_from_v0(v0: jnp.ndarray, arrays: ModelArrays) -> Profiled:
+    """`Profiled` from a dense V₀ (n x n) and the arrays' y and X."""
+    chol_v = jnp.linalg.cholesky(v0)
     vinv_x = cho_solve((chol_v, True), arrays.X)
     vinv_y = cho_solve((chol_v, True), arrays.y)
     xtvx = arrays.X.T @ vinv_x

@@ -89,17 +89,19 @@ class Design:
         return int(self.X.shape[1])
 
 
-def build_design(formula: str, data, weights=None, known_scale: bool = False, known=None) -> Design:
+def build_design(formula: str, data, weights=None, known_scale: bool = False, known=None,
+                 allow_fixed_only: bool = False) -> Design:
     """Parse `formula`, check `data` and build the design (host side, once per model).
 
     `known`: {grouping factor: K}, a known relationship matrix for a term (1 | g), whose
-    covariance is then σ_g² K (`known_covariance.py`).
+    covariance is then σ_g² K (`known_covariance.py`). `allow_fixed_only`: a formula without
+    random terms is accepted (a gls fit with residual structures, `residual_model.py`).
 
     `known_scale`: the residual variances 1/weights are known (σ² not estimated), so the
     checks that random effects are not confounded with the residual are not made.
     """
     parsed = parse_formula(formula)
-    if not parsed.random:
+    if not parsed.random and not allow_fixed_only:
         raise FormulaError(f"formula {formula!r} has no random terms (such as '(1 | group)'); "
                            "a model without random effects is an ordinary least-squares fit")
     frame = _as_frame(data)

@@ -6,7 +6,8 @@ lmerTest's t tests, `small_sample.py`)}, sigma, theta,
 varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
 bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
 singular, ranef {group: {levels, terms, values, cond_sd}}, structure_parameters (per term:
-group, structure keyword, theta_names, theta, derived values such as rho). An undefined correlation (a
+group, structure keyword, theta_names, theta, derived values such as rho), correlation_parameters
+and variance_function (residual structures, nlme's meanings; None without them). An undefined correlation (a
 term with zero variance) is None.
 """
 
@@ -29,7 +30,7 @@ def result_to_dict(result) -> dict:
             "estimate": _floats(result.fixef),
             "se": _floats(result.se),
             "vcov": [_floats(row) for row in result.vcov.to_numpy()],
-            **fixed_effect_tests(result),
+            **(fixed_effect_tests(result) if result.small_sample_supported else {}),
         },
         "sigma": result.sigma,
         "theta": _floats(result.theta),
@@ -43,6 +44,8 @@ def result_to_dict(result) -> dict:
         "deviance": result.deviance,
         "reml_criterion": result.reml_criterion,
         "singular": result.singular,
+        "correlation_parameters": result.correlation_parameters,
+        "variance_function": result.variance_function,
         "ranef": {
             group: {
                 "levels": [str(level) for level in frame.index],

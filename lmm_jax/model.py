@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _config  # noqa: F401  (float64)
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
@@ -50,6 +51,7 @@ class FitParams(NamedTuple):
     iterations: jnp.ndarray
     status: jnp.ndarray
     singular: jnp.ndarray
+    residual: jnp.ndarray | None = None  # R-side parameters, unconstrained (`residual_model.py`)
 
 
 def make_arrays(design: Design) -> ModelArrays:
@@ -112,25 +114,35 @@ def deviance_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
     return lambda theta: criterion(profile(theta), arrays, shape)
 
 
+def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int):
+    """Minimise, put x in canonical form, then retry bounded entries near 0 at exactly 0
+    (the others re-optimised) and keep that point when its deviance is no worse.
+    Returns (x, the kept `OptimResult`, total iterations, singular)."""
+    first = minimize(deviance, x0, maxiter=maxiter)
+    x = canonicalize(first.x)
+    if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
+        return x, first, first.iterations, jnp.zeros((), bool)
+    bounded = jnp.asarray(bounded)
+    candidates = bounded & (jnp.abs(x) < BOUNDARY_CANDIDATE)
+    second = minimize(deviance, jnp.where(candidates, 0.0, x), ~candidates, maxiter=maxiter)
+    use_boundary = jnp.any(candidates) & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
+    x = jnp.where(use_boundary, canonicalize(second.x), x)
+    best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
+    singular = jnp.any(bounded & (jnp.abs(x) < SINGULAR_TOLERANCE))
+    return x, best, first.iterations + second.iterations, singular
+
+
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))
 def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
     """The whole fit as one pure function of arrays (jit/vmap-able)."""
     deviance = deviance_function(arrays, shape, evaluator)
-    first = minimize(deviance, theta0, maxiter=maxiter)
-    theta = canonical_theta(first.x, shape)
-    bounded = jnp.asarray(bounded_mask(shape))
-    candidates = bounded & (jnp.abs(theta) < BOUNDARY_CANDIDATE)
-    second = minimize(deviance, jnp.where(candidates, 0.0, theta), ~candidates, maxiter=maxiter)
-    use_boundary = jnp.any(candidates) & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
-    theta = jnp.where(use_boundary, canonical_theta(second.x, shape), theta)
-    best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
+    theta, best, iterations, singular = minimize_with_boundary(
+        deviance, theta0, bounded_mask(shape), lambda t: canonical_theta(t, shape), maxiter)
     profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = criterion(profiled, arrays, shape)
-    singular = jnp.any(bounded & (jnp.abs(theta) < SINGULAR_TOLERANCE))
     return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
-                     -0.5 * objective, jnp.max(jnp.abs(best.grad)),
-                     first.iterations + second.iterations, best.status, singular)
+                     -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular)
 
 
 class Model:

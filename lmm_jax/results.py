@@ -45,8 +45,7 @@ class FitResult:
         self.method = model.method
         self.theta = np.asarray(params.theta) + 0.0  # no negative zeros
         self.sigma = float(np.sqrt(params.sigma2))
-        xtvx_inv, effects, fitted, rel_cov = jax.device_get(
-            _post_fit(model.arrays, model.shape, params.theta, params.sigma2))
+        xtvx_inv, effects, fitted, rel_cov = jax.device_get(self._post_fit_values())
         names = list(self.design.fixed_names)
         self.fixef = pd.Series(np.asarray(params.beta), index=names, name="estimate")
         self.vcov = pd.DataFrame(params.sigma2 * np.asarray(xtvx_inv), index=names, columns=names)
@@ -58,6 +57,14 @@ class FitResult:
             self.design.terms, [np.asarray(m) for m in effects.modes],
             [np.asarray(c) for c in effects.cond_cov], [np.asarray(c) for c in rel_cov])
         self._small_sample = None
+
+    correlation_parameters = None  # residual structures only (`residual_model.py`)
+    small_sample_supported = True  # Satterthwaite/KR terms in to_dict (not yet with residual structures)
+    variance_function = None
+
+    def _post_fit_values(self):
+        """(X'V₀⁻¹X)⁻¹, `RandomEffects`, fitted values and each term's ΛΛ' at the estimates."""
+        return _post_fit(self.model.arrays, self.model.shape, self.params.theta, self.params.sigma2)
 
     # ----- scalar summaries -------------------------------------------------------
     @property

@@ -7,8 +7,8 @@ import json
 import lmm_jax
 
 KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "varcorr", "loglik",
-        "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef",
-        "structure_parameters"}
+        "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef", "correlation_parameters",
+        "variance_function", "structure_parameters"}
 
 
 def test_to_dict_keys_and_json(sleepstudy):
@@ -18,6 +18,7 @@ def test_to_dict_keys_and_json(sleepstudy):
                                  "df_kenward_roger", "t_kenward_roger", "p_kenward_roger"}
     assert set(out["ranef"]["Subject"]) == {"levels", "terms", "values", "cond_sd"}
     assert out["deviance"] is None and out["reml_criterion"] > 0
+    assert out["correlation_parameters"] is None and out["variance_function"] is None
     assert json.loads(json.dumps(out)) == out
 
 
