@@ -23,11 +23,16 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
     `correlation="ar1(~ 1 | g)"`, `"car1(~ t | g)"`, `"cs(~ 1 | g)"`, `"un(~ 1 | g)"`,
     `"exp(~ x + y | g, nugget=True)"`; `weights="ident(~ 1 | f)"` or `"power(~ x)"` (a
     string with '~' is a variance function, not a column). A formula without random terms
-    is then a gls fit. Returns a `ResidualFitResult` (nlme's logLik, AIC, BIC).
+    is then a gls fit. A formula without random terms and without residual structures is
+    the linear model (i.i.d. errors) fitted by REML or ML, e.g. the null model of a
+    likelihood-ratio test: `lmm_jax.lrt(lmm_jax.fit("y ~ x", d, method="ML"), full)`.
+    Returns a `ResidualFitResult` (nlme's logLik, AIC, BIC).
     """
+    from .formula import parse_formula
     from .residual_design import looks_like_structure
 
-    if correlation is not None or looks_like_structure(weights):
+    fixed_only = not parse_formula(formula).random if isinstance(formula, str) else False
+    if correlation is not None or looks_like_structure(weights) or fixed_only:
         from .residual_model import ResidualModel
 
         variance = weights if looks_like_structure(weights) else None

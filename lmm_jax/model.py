@@ -32,7 +32,7 @@ from .blocked import blocked_profile, cross_products
 from .dense import dense_profile
 from .design import Design, build_design
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
-from .newton import minimize
+from .newton import OptimResult, minimize
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
 BOUNDARY_CANDIDATE = 1e-2  # bounded θ entries below this are tried at exactly zero
@@ -117,7 +117,12 @@ def deviance_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
 def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int):
     """Minimise, put x in canonical form, then retry bounded entries near 0 at exactly 0
     (the others re-optimised) and keep that point when its deviance is no worse.
-    Returns (x, the kept `OptimResult`, total iterations, singular)."""
+    Returns (x, the kept `OptimResult`, total iterations, singular). With no parameters at
+    all (a linear model) there is nothing to optimise: the criterion is evaluated once."""
+    if x0.size == 0:
+        empty = OptimResult(x0, deviance(x0), x0, jnp.zeros((0, 0), x0.dtype),
+                            jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        return x0, empty, empty.iterations, jnp.zeros((), bool)
     first = minimize(deviance, x0, maxiter=maxiter)
     x = canonicalize(first.x)
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)

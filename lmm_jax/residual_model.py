@@ -67,7 +67,7 @@ def fit_residual_arrays(arrays: ModelArrays, res: ResidualArrays, shape: Residua
     n, p = arrays.X.shape
     objective = profiled_deviance(profiled, n, p, shape.model.reml)
     return FitParams(x[:k], profiled.beta, profiled_sigma2(profiled, n, p, shape.model.reml), objective,
-                     -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular,
+                     -0.5 * objective, jnp.max(jnp.abs(best.grad), initial=0.0), iterations, best.status, singular,
                      x[k:])
 
 
@@ -93,10 +93,9 @@ class ResidualModel(Model):
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
                      data_name: str | None = None, correlation: str | None = None,
                      variance: str | None = None) -> "ResidualModel":
-        """`formula` may lack random terms (a gls fit) since a residual structure is given;
-        `weights` are prior weights (array or column), `variance` a variance function string."""
-        if correlation is None and variance is None:
-            raise ValueError("a ResidualModel needs a correlation or a variance function")
+        """`formula` may lack random terms (a gls fit; with no residual structure either, the
+        linear model fitted by REML or ML); `weights` are prior weights (array or column),
+        `variance` a variance function string."""
         design = build_design(formula, data, weights, allow_fixed_only=True)
         return cls(design, data, method, data_name, correlation, variance)
 

@@ -14,11 +14,22 @@ def format_summary(result) -> str:
 
 def _header(result) -> str:
     how = "REML" if result.method == "REML" else "maximum likelihood "
-    lines = [f"Linear mixed model fit by {how} ['lmm_jax']",
+    lines = [f"{_model_kind(result)} fit by {how} ['lmm_jax']",
              f"Formula: {result.design.formula.text}"]
     if result.model.data_name:
         lines.append(f"   Data: {result.model.data_name}")
     return "\n".join(lines) + "\n"
+
+
+def _model_kind(result) -> str:
+    """lme4's / nlme's name of the model: random terms make a mixed model; without them a
+    residual structure makes it generalised least squares, and nothing a linear model."""
+    if result.design.terms:
+        return "Linear mixed model"
+    if getattr(result, "correlation_parameters", None) is not None or \
+            getattr(result, "variance_function", None) is not None:
+        return "Generalized least squares"
+    return "Linear model"
 
 
 def _criterion(result) -> str:
@@ -62,6 +73,8 @@ def _random_effects(result) -> str:
 
 def _counts(result) -> str:
     groups = "; ".join(f"{g}, {n}" for g, n in result.ngroups.items())
+    if not groups:
+        return f"Number of obs: {result.nobs}\n"
     return f"Number of obs: {result.nobs}, groups:  {groups}\n"
 
 

@@ -52,11 +52,17 @@ def test_one_level_fixed_factor(sleepstudy):
     ("Reaction ~ Days + + (1 | Subject)", r"empty term"),
     ("Reaction ~ Days + foo(1 | Subject)", r"unknown covariance structure 'foo'"),
     ("Reaction ~ Days + (1 | Sub-ject)", r"grouping factor 'Sub-ject' is not a column name"),
-    ("Reaction ~ Days", r"has no random terms"),
 ])
 def test_malformed_formula(sleepstudy, formula, message):
     with pytest.raises(FormulaError, match=message):
         lmm_jax.fit(formula, sleepstudy)
+
+
+def test_mixed_model_engine_needs_a_random_term(sleepstudy):
+    """`lmm_jax.fit` fits a formula without random terms as the linear model; the mixed-model
+    `Model` (and so fit_batch, blups, ...) refuses it by name."""
+    with pytest.raises(FormulaError, match=r"has no random terms"):
+        lmm_jax.Model.from_formula("Reaction ~ Days", sleepstudy)
 
 
 def test_rank_deficient_fixed_effects_are_dropped_with_a_warning(sleepstudy):

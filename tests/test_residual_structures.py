@@ -320,9 +320,14 @@ def test_correlation_groups_must_nest_in_random_effect_groups():
         lmm_jax.fit("y_car ~ x + (1 | h)", SMALL, correlation="ar1(~ 1 | g)")
 
 
-def test_no_random_terms_and_no_structure_is_still_an_error():
-    with pytest.raises(lmm_jax.FormulaError, match="no random terms"):
-        lmm_jax.fit("y_car ~ x", SMALL)
+def test_no_random_terms_and_no_structure_is_the_linear_model():
+    """Neither random terms nor a residual structure: ordinary least squares, fitted by REML
+    (σ̂² = RSS/(n - p), β̂ the OLS estimate)."""
+    X = np.column_stack([np.ones(len(SMALL)), SMALL["x"]])
+    beta, rss = np.linalg.lstsq(X, SMALL["y_car"], rcond=None)[:2]
+    result = lmm_jax.fit("y_car ~ x", SMALL)
+    np.testing.assert_allclose(result.fixef.to_numpy(), beta, rtol=1e-10)
+    np.testing.assert_allclose(result.sigma ** 2, rss[0] / (len(SMALL) - 2), rtol=1e-10)
 
 
 def test_user_data_untouched_and_cli(tmp_path, capsys):

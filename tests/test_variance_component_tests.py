@@ -256,3 +256,17 @@ def test_compare_refusals(sleep_fits, sleepstudy):
     other_data = lmm_jax.fit(SLEEP_REDUCED, other_response(sleepstudy), method="ML")
     with pytest.raises(ValueError, match="same data"):
         lmm_jax.compare(other_data, sleep_fits[SLEEP_FULL, "ML"])
+
+
+def test_linear_model_as_the_null_of_an_lrt():
+    """A formula without random terms is the linear model (R: logLik(lm(Yield ~ 1, dyestuff))
+    = -166.364942987, with REML = TRUE -163.011616078), and lme4's anova(lmer(ML), lm) gives
+    Chisq 5.4028 on 1 df, p 0.0201 for the Batch variance."""
+    data = case_data(load_case("dyestuff_ml"))
+    reduced = lmm_jax.fit("Yield ~ 1", data, method="ML")
+    assert abs(reduced.loglik - (-166.364942987)) < 1e-6 and reduced.df_model == 2
+    assert abs(lmm_jax.fit("Yield ~ 1", data).loglik - (-163.011616078)) < 1e-6
+    assert "Linear model fit by maximum likelihood" in reduced.summary()
+    out = lmm_jax.lrt(reduced, lmm_jax.fit("Yield ~ 1 + (1 | Batch)", data, method="ML"))
+    assert abs(out["statistic"] - 2 * (load_case("dyestuff_ml")["loglik"] + 166.364942987)) < 2e-4
+    assert out["df"] == 1 and abs(out["p_value_boundary"] - out["p_value"] / 2) < 1e-12
