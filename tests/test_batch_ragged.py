@@ -58,6 +58,7 @@ def test_padding_leaves_the_likelihood_unchanged(sleepstudy, evaluator):
     assert_close(actual, expected, 1e-12, "padded deviance")
 
 
+@pytest.mark.slow  # six data sets, two buckets and six single fits: ~80 s of compilation
 def test_datasets_equal_single_fits(sleepstudy):
     datasets = ragged_datasets(sleepstudy)
     out = lmm_jax.fit_batch(FORMULA, datasets=datasets, progress=False)
