@@ -22,7 +22,6 @@ of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import json
 import os
@@ -40,7 +39,7 @@ import lmm_jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from bench_single import DATA, ROOT, machine, package_versions, write_results  # noqa: E402
+from bench_single import DATA, ROOT, run_conditions, write_results  # noqa: E402
 from test_batch import simulate_sleepstudy  # noqa: E402
 
 FORMULA = "Reaction ~ Days + (Days | Subject)"
@@ -117,10 +116,7 @@ def report(n_fits, jax_result, peers, load_before) -> str:
         lines.append(f"| {name} | {what} | {result['fits']} | {result['seconds']:.2f} | {scaled:.1f} | "
                      f"{scaled / first:.1f} | {diff:.1e} |")
     return "\n".join([
-        BEGIN, "", f"Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; 1-minute load average "
-        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after; {GOAL}.", "",
-        f"Machine: {machine()}.", "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", "",
+        BEGIN, "", *run_conditions(load_before, f"; {GOAL}", backend=False),
         f"lmm_jax: {jax_result['converged']} of {n_fits} fits converged, {jax_result['singular']} singular.", "",
         *lines, "", END])
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import pandas as pd
 import lmm_jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_single import machine, package_versions, write_results  # noqa: E402
+from bench_single import run_conditions, write_results  # noqa: E402
 
 FORMULA = "y ~ x + (x | g)"
 CSV = Path(__file__).resolve().parent / "scaling.csv"
@@ -82,10 +81,7 @@ def report(rows: list[dict], slope: float, load_before: float) -> str:
         lines.append(f"| {r['n']:,} | {r['groups']:,} | {r['build_s']:.3f} | {r['first_fit_s']:.2f} | "
                      f"{r['warm_fit_s']:.4f} | {1e6 * r['warm_fit_s'] / r['n']:.2f} | {r['iterations']} |")
     return "\n".join([
-        BEGIN, "", f"Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; 1-minute load average "
-        f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after.", "",
-        f"Machine: {machine()}; JAX backend: {jax.default_backend()}.", "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", "",
+        BEGIN, "", *run_conditions(load_before),
         f"`{FORMULA}`, groups of {GROUP_SIZE} rows, REML; warm fit = median of the repeats of "
         "`Model.fit_params()` (compiled).", "", *lines, "",
         f"Log-log slope of the warm fit time over n ≥ 10⁴: **{slope:.2f}** (1 = linear).", "", END])

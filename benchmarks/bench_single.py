@@ -212,6 +212,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def run_conditions(load_before: float, extra: str = "", backend: bool = True) -> list[str]:
+    """The lines every RESULTS.md section opens with: date, load average (other work on the
+    machine) before and after, `extra` (e.g. the goal), the machine and the package versions."""
+    load = f"1-minute load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    backend_text = f"; JAX backend: {jax.default_backend()}" if backend else ""
+    return [f"Run {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {load}{extra}.", "",
+            f"Machine: {machine()}{backend_text}.", "",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in package_versions().items()) + ".", ""]
+
+
 def report(rows, versions, args, load_before: float) -> str:
     """The RESULTS.md section: conditions of the run (load average: other work on the machine), then the table."""
     options = f"repeats ≤ {args.repeats} warm (≤ {WARM_BUDGET_S:.0f} s each), {args.cold} cold" + (" (--quick)" if args.quick else "")
