@@ -8,6 +8,7 @@ from .api import fit as fit
 from .batch import BatchResult as BatchResult
 from .batch import fit_batch as fit_batch
 from .compare import compare as compare
+from .compilation_cache import enable_compilation_cache as enable_compilation_cache
 from .exact_f import exact_f_test as exact_f_test
 from .fay_herriot import fay_herriot as fay_herriot
 from .covariance_structures import AutoRegressive as AutoRegressive

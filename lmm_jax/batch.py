@@ -10,12 +10,15 @@ errors SE(β̂_j) = √(σ̂² [(X'V₀⁻¹X)⁻¹]_jj) from the same blocked f
 `jax.lax.map(fit, Y', batch_size=batch_size)` inside one jit, over host-side chunks of at
 most `chunk_size` responses (bounded memory; one progress-bar step per chunk). All chunks
 have the same length (the last is padded with repeats of its last response, then cut),
-so the program is compiled once; the chunk length is a multiple of the batch size, so
-`lax.map` has no remainder group to compile either.
+so the program is compiled once (ahead of time, then reused); the chunk length is a
+multiple of the batch size, so `lax.map` has no remainder group to compile either. On a
+CPU the chunks run on one thread per core (`batch_runner.host_threads`).
 
-Why `lax.map` with a batch size and not one `vmap` over all B: jaxlib's CPU backend runs
-batched LAPACK kernels on the thread pool they wait on, and a vmap over thousands of fits
-was seen to hang (small_linalg.py); vmapped groups of 64 inside a sequential map did not.
+Why `lax.map` with a small batch size and not one `vmap` over all B: a vmapped Newton loop
+runs until its slowest member stops, so every member pays for the worst one's iterations;
+groups of 16 waste least (64 and 256 were 1.3x and 1.9x slower per fit on sleepstudy-shaped
+responses). Also, jaxlib's CPU backend runs batched LAPACK kernels on the thread pool they
+wait on, and a vmap over thousands of fits was seen to hang (small_linalg.py).
 
 Data sets of different sizes are padded into bucketed shapes (`ragged.py`); chunks are
 split over all local devices (`sharding.py`); `dtype="float32"` runs in single precision
@@ -47,6 +50,10 @@ from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, 
 from .sharding import batch_mesh, sharded_map
 
 CHUNK_SIZE = 2048  # responses per host-side chunk: bounds the memory of one compiled call
+BATCH_SIZE = 16  # fits vectorised together (see the module docstring)
+# XLA:CPU's older loop emitters: the batched fit compiles in 2.8 s instead of 4.0 s and runs
+# ~20% faster (sleepstudy-shaped fits, jaxlib 0.10.2); GPU compilers ignore the option
+BATCH_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,9 @@ def _fit_with_se(arrays: ModelArrays, shape: ModelShape, theta0):
     return params, jnp.sqrt(params.sigma2 * jnp.diagonal(xtvx_inv))
 
 
-@partial(jax.jit, static_argnames=("shape", "batch_size", "mesh"))
+@partial(jax.jit, static_argnames=("shape", "batch_size", "mesh"), compiler_options=BATCH_COMPILER_OPTIONS)
 def fit_responses(ys: jnp.ndarray, arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
-                  batch_size: int = 64, mesh=None):
+                  batch_size: int = BATCH_SIZE, mesh=None):
     """(FitParams, se) for each row of ys (B, n): `lax.map` over vmapped groups of batch_size,
     split over the devices of `mesh` (`sharding.py`)."""
     def fit_one(y, consts):
@@ -101,8 +108,8 @@ def fit_responses(ys: jnp.ndarray, arrays: ModelArrays, shape: ModelShape, theta
     return sharded_map(fit_one, ys, (arrays, theta0), batch_size, mesh)
 
 
-@partial(jax.jit, static_argnames=("shape", "batch_size", "mesh"))
-def fit_stacked(stacked: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, batch_size: int = 64,
+@partial(jax.jit, static_argnames=("shape", "batch_size", "mesh"), compiler_options=BATCH_COMPILER_OPTIONS)
+def fit_stacked(stacked: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, batch_size: int = BATCH_SIZE,
                 mesh=None):
     """(FitParams, se) for each data set of a stack of padded arrays (`ragged.py`)."""
     return sharded_map(lambda arrays, theta0: _fit_with_se(arrays, shape, theta0), stacked, theta0,
@@ -145,7 +152,7 @@ def _design_frame(formula: str, data) -> pd.DataFrame:
     return _as_frame(data).reset_index(drop=True).assign(**{response: 0.0})
 
 
-def fit_batch(formula: str, data=None, responses=None, method: str = "REML", batch_size: int = 64,
+def fit_batch(formula: str, data=None, responses=None, method: str = "REML", batch_size: int = BATCH_SIZE,
               progress: bool = True, chunk_size: int = CHUNK_SIZE, *, datasets=None,
               dtype: str = "float64", devices=None) -> BatchResult:
     """Fit `formula` to each column of `responses` (n x B) with the design built from `data`,
@@ -189,13 +196,9 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     model = Model.from_formula(formula, _design_frame(formula, data), method)
     ys, names = _responses(responses, data, model.design)
     arrays, theta0 = cast_floats(model.arrays, dtype), model.shape.initial_theta()
-
-    def call(chunk, batch_size):
-        return fit_responses(chunk, arrays, model.shape, jnp.asarray(theta0, dtype),
-                             batch_size=batch_size, mesh=mesh)
-
-    params, se = run_in_chunks(call, ys, batch_size=batch_size, chunk_size=chunk_size, mesh=mesh,
-                               dtype=dtype, progress=progress)
+    consts = dict(arrays=arrays, shape=model.shape, theta0=np.asarray(theta0, dtype))
+    params, se = run_in_chunks(fit_responses, ys, consts, batch_size=batch_size, chunk_size=chunk_size,
+                               mesh=mesh, dtype=dtype, progress=progress)
     return _result(names, model.design.fixed_names, model.method, params, se)
 
 
@@ -207,13 +210,10 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
     results = [None] * len(designs)
     for key, members in group_by_bucket(designs).items():
         shape = padded_shape(designs[0], key, method)
-
-        def call(chunk, batch_size, shape=shape):
-            return fit_stacked(chunk, shape, jnp.asarray(theta0, dtype), batch_size=batch_size, mesh=mesh)
-
-        out = run_in_chunks(call, stacked_arrays([designs[i] for i in members], key),
-                            batch_size=batch_size, chunk_size=chunk_size, mesh=mesh, dtype=dtype,
-                            progress=progress, desc=f"fit_batch n={key[0]}")
+        out = run_in_chunks(fit_stacked, stacked_arrays([designs[i] for i in members], key),
+                            dict(shape=shape, theta0=np.asarray(theta0, dtype)), batch_size=batch_size,
+                            chunk_size=chunk_size, mesh=mesh, dtype=dtype, progress=progress,
+                            desc=f"fit_batch n={key[0]}")
         for j, i in enumerate(members):
             results[i] = jax.tree_util.tree_map(lambda a, j=j: a[j], out)
     params, se = jax.tree_util.tree_map(lambda *parts: np.stack(parts), *results)

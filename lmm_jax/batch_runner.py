@@ -1,6 +1,6 @@
 """Running B independent fits: host-side chunks, equal-length padding, devices and precision.
 
-`run_in_chunks(call, items, ...)` cuts a pytree of host arrays with leading axis B into
+`run_in_chunks(function, items, consts, ...)` cuts a pytree of host arrays with leading axis B into
 chunks of at most `chunk_size` items, all of one length (the last chunk is padded with
 repeats of the last item, cut off afterwards), so one program is compiled per call. The
 chunk length is a multiple of batch_size × (number of devices): `lax.map` then has no
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -53,33 +55,57 @@ def place(tree, mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(AXIS)))
 
 
-def chunk_layout(n_items: int, batch_size: int, chunk_size: int, n_devices: int = 1):
-    """(number of chunks, items per chunk, batch size): equal chunks, no remainder groups."""
+def host_threads(mesh) -> int:
+    """How many chunks run at once: one per CPU core on an unsharded CPU run (XLA runs a
+    small program on one core; chunks are independent programs, and the compiled code
+    releases the GIL), otherwise 1 (a GPU, or a mesh that already spreads the work)."""
+    if mesh is not None or jax.default_backend() != "cpu":
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def chunk_layout(n_items: int, batch_size: int, chunk_size: int, n_devices: int = 1, n_threads: int = 1):
+    """(number of chunks, items per chunk, batch size): equal chunks, no remainder groups,
+    and a multiple of `n_threads` chunks when there are enough items to keep them all busy."""
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be positive")
     n_chunks = math.ceil(n_items / chunk_size)
+    if n_items >= 2 * n_threads * batch_size:
+        n_chunks = n_threads * math.ceil(n_chunks / n_threads)
     batch_size = min(batch_size, math.ceil(n_items / n_chunks / n_devices))
     group = batch_size * n_devices
     return n_chunks, group * math.ceil(n_items / n_chunks / group), batch_size
 
 
-def run_in_chunks(call, items, *, batch_size: int, chunk_size: int, mesh=None,
+def run_in_chunks(function, items, consts: dict, *, batch_size: int, chunk_size: int, mesh=None,
                   dtype: str = "float64", progress: bool = False, desc: str = "fit_batch"):
-    """call(chunk, batch_size) over equal chunks of `items` (host arrays, leading axis B);
-    the outputs as host arrays, concatenated and cut back to B items."""
+    """`function(chunk, batch_size=, mesh=, **consts)` (a jitted function) over equal chunks
+    of `items` (host arrays, leading axis B); the outputs as host arrays, concatenated and
+    cut back to B items. The program is compiled once ahead of time (`lower().compile()`,
+    which fills jit's cache); on a CPU without a mesh, `host_threads` chunks then run at
+    once (one per core)."""
     n_items = jax.tree_util.tree_leaves(items)[0].shape[0]
-    n_chunks, per_chunk, batch_size = chunk_layout(n_items, batch_size, chunk_size, device_count(mesh))
+    n_threads = host_threads(mesh)
+    n_chunks, per_chunk, batch_size = chunk_layout(n_items, batch_size, chunk_size,
+                                                   device_count(mesh), n_threads)
     extra = n_chunks * per_chunk - n_items
     padded = jax.tree_util.tree_map(
         lambda a: np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]), cast_floats(items, dtype))
-    chunks = range(n_chunks)
-    if progress and n_chunks > 1:
-        from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc=desc, unit="chunk")
-    outputs = []
+    def chunk(c):
+        return place(jax.tree_util.tree_map(lambda a: a[c * per_chunk:(c + 1) * per_chunk], padded), mesh)
+
+    def run(c):
+        with precision(dtype):  # a thread-local setting: entered in the thread that calls
+            return jax.device_get(function(chunk(c), batch_size=batch_size, mesh=mesh, **consts))
+
     with precision(dtype):
-        for c in chunks:
-            chunk = jax.tree_util.tree_map(lambda a: a[c * per_chunk:(c + 1) * per_chunk], padded)
-            outputs.append(jax.device_get(call(place(chunk, mesh), batch_size)))
+        function.lower(chunk(0), batch_size=batch_size, mesh=mesh, **consts).compile()
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        results = pool.map(run, range(n_chunks))
+        if progress and n_chunks > 1:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=n_chunks, desc=desc, unit="chunk")
+        outputs = list(results)
     return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:n_items], *outputs)

@@ -117,7 +117,7 @@ def blocked_factor(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> 
     q2, r = rest_size(shape), cp.rtr.shape[0]
     identity_part = jnp.concatenate([jnp.ones(q2), jnp.zeros(r - q2)])
     schur = rtr + jnp.diag(identity_part) - jnp.einsum("lir,lis->rs", b, b)
-    return BlockedFactor(l11, b, jnp.linalg.cholesky(schur))
+    return BlockedFactor(l11, b, small_cholesky(schur))
 
 
 def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> Profiled:
@@ -130,7 +130,7 @@ def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) ->
     logdet_xtvx = 2.0 * jnp.sum(log_diag22[q2:r - 1])
     rss = factor.l22[-1, -1] ** 2
     l_xx = factor.l22[q2:r - 1, q2:r - 1]
-    beta = solve_triangular(l_xx, factor.l22[-1, q2:r - 1], lower=True, trans="T")
+    beta = small_solve_upper_transposed(l_xx, factor.l22[-1, q2:r - 1, None])[:, 0]
     return Profiled(logdet_v, logdet_xtvx, rss, beta)
 
 

@@ -33,14 +33,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _enable_cache(args) -> None:
-    if args.no_cache:
-        return
-    import jax
+    if not args.no_cache:
+        from .compilation_cache import enable_compilation_cache
 
-    folder = args.cache_dir or os.environ.get("LMM_JAX_CACHE_DIR") or Path.home() / ".cache" / "lmm_jax"
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        enable_compilation_cache(args.cache_dir)
 
 
 def _load(data: str):

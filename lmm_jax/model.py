@@ -123,14 +123,25 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
         empty = OptimResult(x0, deviance(x0), x0, jnp.zeros((0, 0), x0.dtype),
                             jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
         return x0, empty, empty.iterations, jnp.zeros((), bool)
-    first = minimize(deviance, x0, maxiter=maxiter)
-    x = canonicalize(first.x)
+    bounded_array = jnp.asarray(bounded)
+
+    def phase(previous_x, index):
+        """Phase 0 from x0 with every entry free; phase 1 from the first minimum with the
+        bounded entries near 0 set to exactly 0 and held there. One traced `minimize`
+        serves both (`lax.scan`), so the Newton loop is compiled once, not twice."""
+        x = canonicalize(previous_x)
+        candidates = (index == 1) & bounded_array & (jnp.abs(x) < BOUNDARY_CANDIDATE)
+        start = jnp.where(index == 0, x0, jnp.where(candidates, 0.0, x))
+        result = minimize(deviance, start, ~candidates, maxiter=maxiter)
+        return result.x, (result, jnp.any(candidates))
+
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
-        return x, first, first.iterations, jnp.zeros((), bool)
-    bounded = jnp.asarray(bounded)
-    candidates = bounded & (jnp.abs(x) < BOUNDARY_CANDIDATE)
-    second = minimize(deviance, jnp.where(candidates, 0.0, x), ~candidates, maxiter=maxiter)
-    use_boundary = jnp.any(candidates) & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
+        first = minimize(deviance, x0, maxiter=maxiter)
+        return canonicalize(first.x), first, first.iterations, jnp.zeros((), bool)
+    _, (phases, tried) = jax.lax.scan(phase, x0, jnp.arange(2))
+    first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], phases) for i in range(2))
+    x = canonicalize(first.x)
+    use_boundary = tried[1] & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
     x = jnp.where(use_boundary, canonicalize(second.x), x)
     best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
     singular = jnp.any(bounded & (jnp.abs(x) < SINGULAR_TOLERANCE))

@@ -23,6 +23,7 @@ CONVERGED_GRADIENT = 0
 CONVERGED_NO_PROGRESS = 1
 MAX_ITERATIONS = 2
 NOT_FINITE = 3
+NOT_EVALUATED = -2  # internal: the loop has not evaluated f at x0 yet
 STATUS_MESSAGES = {
     CONVERGED_GRADIENT: "converged: gradient below tolerance",
     CONVERGED_NO_PROGRESS: "converged: no further decrease possible at machine precision",
@@ -51,7 +52,7 @@ class _State(NamedTuple):
     hess: jnp.ndarray
     radius: jnp.ndarray
     iteration: jnp.ndarray
-    status: jnp.ndarray  # -1 while running
+    status: jnp.ndarray  # -1 while running (-2 before the first evaluation)
 
 
 def value_grad_hess(f: Callable) -> Callable:
@@ -98,7 +99,8 @@ def trust_region_step(grad, hess, radius, bisections: int = 60):
 
 
 def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
-             gtol: float = 1e-7, maxiter: int = 200, radius: float = 1.0) -> OptimResult:
+             gtol: float = 1e-7, xtol: float = 1e-7, maxiter: int = 200,
+             radius: float = 1.0) -> OptimResult:
     """Minimise f from x0 over the entries where `free` is True (all by default)."""
     vgh = value_grad_hess(f)
     free = jnp.ones(x0.shape, bool) if free is None else free
@@ -108,35 +110,44 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         hess = jnp.where(free[:, None] & free[None, :], hess, jnp.diag(jnp.where(free, 0.0, 1.0)))
         return value, grad, hess
 
-    value, grad, hess = masked(*vgh(x0))
-    def stationary_minimum(grad, hess):
-        eigvals = jnp.linalg.eigvalsh(hess)
-        curvature_ok = eigvals[0] >= -1e-8 * jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
-        return (jnp.max(jnp.abs(grad)) <= gtol) & curvature_ok
+    def stationary_minimum(x, grad, hess):
+        """A small gradient, or a tiny Newton step (`_polish` takes it) at positive curvature."""
+        eigvals, eigvecs = jnp.linalg.eigh(hess)
+        scale = jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
+        curvature_ok = eigvals[0] >= -1e-8 * scale
+        newton = (eigvecs.T @ grad) / jnp.where(eigvals > 1e-8 * scale, eigvals, jnp.inf)
+        tiny_step = (eigvals[0] > 1e-8 * scale) & (jnp.max(jnp.abs(newton)) <= xtol * (1.0 + jnp.max(jnp.abs(x))))
+        return ((jnp.max(jnp.abs(grad)) <= gtol) | tiny_step) & curvature_ok
 
-    status = jnp.where(jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)), -1, NOT_FINITE)
-    status = jnp.where((status == -1) & stationary_minimum(grad, hess), CONVERGED_GRADIENT, status)
-    state = _State(x0, value, grad, hess, jnp.asarray(radius, x0.dtype), jnp.asarray(0), status)
+    # status -2: x0 not evaluated yet. The loop's first pass evaluates f at x0 (a zero step),
+    # so f, ∇f and ∇²f are traced once, inside the loop (half the compile time of a
+    # separate evaluation before it).
+    state = _State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), jnp.eye(x0.size, dtype=x0.dtype),
+                   jnp.asarray(radius, x0.dtype), jnp.asarray(0), jnp.asarray(NOT_EVALUATED))
 
     def step(s: _State) -> _State:
-        direction = trust_region_step(s.grad, s.hess, s.radius)
+        started = s.status != NOT_EVALUATED
+        direction = jnp.where(started, trust_region_step(s.grad, s.hess, s.radius), 0.0)
         length = jnp.linalg.norm(direction)
         predicted = -(s.grad @ direction + 0.5 * direction @ s.hess @ direction)
         value, grad, hess = masked(*vgh(s.x + direction))
         ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
         ratio = jnp.where(ok, (s.fun - value) / jnp.maximum(predicted, 1e-300), -jnp.inf)
-        accept = ratio > 1e-4
+        accept = (ratio > 1e-4) | ~started
         radius = jnp.where(ratio < 0.25, 0.25 * length,
                            jnp.where((ratio > 0.75) & (length >= 0.99 * s.radius), 2.0 * s.radius, s.radius))
+        radius = jnp.where(started, radius, s.radius)
         x = jnp.where(accept, s.x + direction, s.x)
         fun = jnp.where(accept, value, s.fun)
         grad = jnp.where(accept, grad, s.grad)
         hess = jnp.where(accept, hess, s.hess)
-        iteration = s.iteration + 1
-        stalled = (predicted <= 1e-15 * (1.0 + jnp.abs(s.fun))) | (radius <= 1e-12 * (1.0 + jnp.linalg.norm(x)))
-        status = jnp.where(stationary_minimum(grad, hess), CONVERGED_GRADIENT,
+        iteration = s.iteration + started
+        stalled = started & ((predicted <= 1e-15 * (1.0 + jnp.abs(s.fun)))
+                             | (radius <= 1e-12 * (1.0 + jnp.linalg.norm(x))))
+        status = jnp.where(stationary_minimum(x, grad, hess), CONVERGED_GRADIENT,
                            jnp.where(stalled, CONVERGED_NO_PROGRESS,
                                      jnp.where(iteration >= maxiter, MAX_ITERATIONS, -1)))
+        status = jnp.where(started | ok, status, NOT_FINITE)
         return _State(x, fun, grad, hess, radius, iteration, status)
 
     final = jax.lax.while_loop(lambda s: s.status < 0, step, state)
