@@ -54,13 +54,16 @@ class ModelShape:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class ModelArrays:
-    """y (n,), X (n, p), prior weights (n,), per term: codes (n,) and values (n, p_k)."""
+    """y (n,), X (n, p), prior weights (n,), per term: codes (n,) and values (n, p_k);
+    for a large crossed design, the non-zero pairs of the Schur complement's sparse
+    product (`sparse_schur.SchurPairs`, found from the codes once), else None."""
 
     y: jnp.ndarray
     X: jnp.ndarray
     weights: jnp.ndarray
     codes: tuple[jnp.ndarray, ...]
     values: tuple[jnp.ndarray, ...]
+    schur_pairs: tuple | None = None
 
 
 def relative_factors(theta: jnp.ndarray, shape: ModelShape) -> list[jnp.ndarray]:

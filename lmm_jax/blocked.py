@@ -30,15 +30,18 @@ from jax.scipy.linalg import solve_triangular
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
 from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
+from .sparse_schur import SchurPairs, sparse_zz_block
 
 
 class CrossProducts(NamedTuple):
-    """Z₁'WZ₁ per level (m₁, p₁, p₁), Z₁'WR per level (m₁, p₁, r), R'WR (r, r), Σ log wᵢ."""
+    """Z₁'WZ₁ per level (m₁, p₁, p₁), Z₁'WR per level (m₁, p₁, r), R'WR (r, r), Σ log wᵢ,
+    and the sparse pairs of B'B's Z block (`sparse_schur.py`; None: form it densely)."""
 
     z1tz1: jnp.ndarray
     z1tr: jnp.ndarray
     rtr: jnp.ndarray
     sum_log_weights: jnp.ndarray
+    pairs: SchurPairs | None = None
 
 
 class BlockedFactor(NamedTuple):
@@ -77,7 +80,7 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
                                + [(w[:, None] * xy).T @ xy], axis=1)
     rtr = jnp.concatenate(rows + [xy_block], axis=0)
     log_w = jnp.log(jnp.where(w > 0, w, 1.0))  # rows of weight 0 (padding) are not observations
-    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(log_w))
+    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(log_w), arrays.schur_pairs)
 
 
 def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):
@@ -116,8 +119,18 @@ def blocked_factor(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> 
     rtr = _lambda_right(_lambda_right(cp.rtr, lams_rest, levels_rest).T, lams_rest, levels_rest)
     q2, r = rest_size(shape), cp.rtr.shape[0]
     identity_part = jnp.concatenate([jnp.ones(q2), jnp.zeros(r - q2)])
-    schur = rtr + jnp.diag(identity_part) - jnp.einsum("lir,lis->rs", b, b)
+    schur = rtr + jnp.diag(identity_part) - _b_transpose_b(b, cp.pairs, q2)
     return BlockedFactor(l11, b, small_cholesky(schur))
+
+
+def _b_transpose_b(b: jnp.ndarray, pairs: SchurPairs | None, q2: int) -> jnp.ndarray:
+    """B'B = Σ_l B_l'B_l (r x r); its Z block from the sparse pairs when there are any."""
+    if pairs is None:
+        return jnp.einsum("lir,lis->rs", b, b)
+    b_z, b_xy = b[:, :, :q2], b[:, :, q2:]
+    zxy = jnp.einsum("liq,lia->qa", b_z, b_xy)
+    return jnp.block([[sparse_zz_block(b_z, pairs, q2), zxy],
+                      [zxy.T, jnp.einsum("lia,lib->ab", b_xy, b_xy)]])
 
 
 def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> Profiled:

@@ -33,6 +33,7 @@ from .dense import dense_profile
 from .design import Design, build_design
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
 from .newton import OptimResult, minimize
+from .sparse_schur import schur_pairs
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
 BOUNDARY_CANDIDATE = 1e-2  # bounded θ entries below this are tried at exactly zero
@@ -57,7 +58,7 @@ class FitParams(NamedTuple):
 def make_arrays(design: Design) -> ModelArrays:
     return ModelArrays(jnp.asarray(design.y), jnp.asarray(design.X), jnp.asarray(design.weights),
                        tuple(jnp.asarray(t.codes) for t in design.terms),
-                       tuple(jnp.asarray(t.values) for t in design.terms))
+                       tuple(jnp.asarray(t.values) for t in design.terms), schur_pairs(design))
 
 
 def make_shape(design: Design, method: str, known_scale: bool = False) -> ModelShape:
