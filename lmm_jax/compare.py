@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .model import Model
 
@@ -77,6 +76,7 @@ def compare(*results, names=None) -> pd.DataFrame:
 
 
 def _table(results, labels) -> pd.DataFrame:
+    from scipy import stats  # scipy.stats takes 0.3 s to import: only when needed
     npar = np.array([r.df_model for r in results], dtype=float)
     loglik = np.array([r.loglik for r in results])
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(loglik))])

@@ -22,7 +22,6 @@ import warnings
 import jax
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from .bootstrap import BOOT_TYPES, bootstrap_limits, bootstrap_replicates
 from .profile import NOT_CONVERGED, STATUS_MESSAGES, ml_estimates, profile_limits, sdcor_estimates
@@ -72,6 +71,7 @@ def select_parameters(names: list[str], n_var: int, parm) -> list[int]:
 def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 500,
             seed: int = 0, parm=None, progress: bool = True, boot_type: str = "perc") -> pd.DataFrame:
     """Confidence intervals of a `FitResult` (module docstring); rows as lme4's."""
+    from scipy.stats import norm  # scipy.stats takes 0.3 s to import: only when needed
     method = _method(method)
     level = _check_level(level)
     if boot_type not in BOOT_TYPES:

@@ -16,7 +16,6 @@ the design is unbalanced. Prior weights w enter as rows scaled by √w. Host-sid
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from .design import build_design
 from .term_select import dense_z, find_term, term_label
@@ -44,6 +43,7 @@ def exact_f_test(formula: str, data, term: str | None = None, weights=None) -> d
     None picks the only one. Returns a dict: `F`, `df1` (r1), `df2` (r2), `p_value`
     (P(F(r1, r2) > F)), `term` (the tested term), `q1`, `q2` (the two quadratic forms).
     """
+    from scipy import stats  # scipy.stats takes 0.3 s to import: only when needed
     design = build_design(formula, data, weights)
     index = find_term(design, term)
     root_w = np.sqrt(design.weights)[:, None]

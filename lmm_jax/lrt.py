@@ -29,7 +29,6 @@ not refit silently (lme4's anova() refits with ML; `compare` does as lme4).
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from .lrt_mixture import mixture_p_value, variance_mixture
 
@@ -92,6 +91,7 @@ def lrt(reduced, full) -> dict:
     fixed effects, non-nested fixed parts, or a `reduced` with as many or more parameters.
     See the module docstring for the cases the mixture covers.
     """
+    from scipy import stats  # scipy.stats takes 0.3 s to import: only when needed
     check_pair(reduced, full)
     statistic = 2.0 * (full.loglik - reduced.loglik)
     df = full.df_model - reduced.df_model

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from scipy import stats
 
 from .term_select import term_label
 
@@ -41,6 +40,7 @@ def describe(mixture: Mixture) -> str:
 
 def mixture_p_value(statistic: float, mixture: Mixture) -> float:
     """Σ_j w_j P(χ²_j > statistic), P(χ²₀ > s) = 0 for s > 0 (and 1 for s <= 0)."""
+    from scipy import stats  # scipy.stats takes 0.3 s to import: only when needed
     total = 0.0
     for df, weight in mixture.items():
         tail = (1.0 if statistic <= 0 else 0.0) if df == 0 else stats.chi2.sf(max(statistic, 0.0), df)

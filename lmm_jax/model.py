@@ -32,7 +32,7 @@ from .blocked import blocked_profile, cross_products
 from .dense import dense_profile
 from .design import Design, build_design
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
-from .newton import OptimResult, minimize
+from .newton import CONVERGED_GRADIENT, OptimResult, minimize
 from .sparse_schur import schur_pairs
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
@@ -133,8 +133,12 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
         x = canonicalize(previous_x)
         candidates = (index == 1) & bounded_array & (jnp.abs(x) < BOUNDARY_CANDIDATE)
         start = jnp.where(index == 0, x0, jnp.where(candidates, 0.0, x))
-        result = minimize(deviance, start, ~candidates, maxiter=maxiter)
-        return result.x, (result, jnp.any(candidates))
+        tried = (index == 0) | jnp.any(candidates)
+        # phase 1 without candidates would only re-evaluate the first minimum: skipped (a
+        # single fit saves one Hessian; under vmap both branches run, as before)
+        result = jax.lax.cond(tried, lambda: minimize(deviance, start, ~candidates, maxiter=maxiter),
+                              lambda: _not_run(start))
+        return result.x, (result, tried)
 
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
         first = minimize(deviance, x0, maxiter=maxiter)
@@ -147,6 +151,12 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
     best = jax.tree_util.tree_map(lambda a, b: jnp.where(use_boundary, a, b), second, first)
     singular = jnp.any(bounded & (jnp.abs(x) < SINGULAR_TOLERANCE))
     return x, best, first.iterations + second.iterations, singular
+
+
+def _not_run(x: jnp.ndarray) -> OptimResult:
+    """The record of a minimisation that did not run (its value +inf: never preferred)."""
+    return OptimResult(x, jnp.asarray(jnp.inf, x.dtype), jnp.zeros_like(x), jnp.eye(x.size, dtype=x.dtype),
+                       jnp.asarray(0), jnp.asarray(CONVERGED_GRADIENT))
 
 
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))

@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from scipy import stats
 
 from .arrays import ModelArrays, ModelShape
 from .blocked import cross_products
@@ -61,6 +60,7 @@ def fit_terms(result) -> SmallSampleTerms:
 
 
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    from scipy import stats  # scipy.stats takes 0.3 s to import: only when needed
     return 2.0 * stats.t.sf(np.abs(t), df)
 
 
