@@ -8,7 +8,8 @@ REML/ML), which takes seconds on a CPU, far longer than the fit itself. With the
 every compiled program is written to the folder, and a later process that needs the same
 program loads it instead of compiling (the command line does this by default). The cache
 is JAX's own (`jax_compilation_cache_dir`), so it holds the user's other JAX programs too;
-nothing is cached until this is called.
+nothing is cached until this is called. lmm_jax also stores its traced fit programs there
+(`exported_programs.py`), so that a new process skips tracing as well.
 """
 
 from __future__ import annotations
@@ -32,3 +33,11 @@ def enable_compilation_cache(folder=None) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+def cache_dir() -> Path | None:
+    """The folder of JAX's persistent compilation cache when it is enabled, else None."""
+    import jax
+
+    folder = jax.config.jax_compilation_cache_dir
+    return Path(folder) if folder else None

@@ -31,6 +31,7 @@ from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
 from .blocked import blocked_profile, cross_products
 from .dense import dense_profile
 from .design import Design, build_design
+from .exported_programs import cached_call
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
 from .newton import CONVERGED_GRADIENT, OptimResult, minimize
 from .sparse_schur import schur_pairs
@@ -238,8 +239,11 @@ class Model:
         return conditional_modes(self.with_arrays(y, X, weights), self.shape, params)
 
     def fit(self):
-        """Fit and return a `FitResult` with lme4's summaries."""
+        """Fit and return a `FitResult` with lme4's summaries (`fit_arrays`, the same values as
+        `fit_params` without its derivative rules; through a stored program when the
+        compilation cache is enabled: `exported_programs.py`)."""
         from .results import FitResult
 
-        params = jax.device_get(self.fit_params())
+        params = jax.device_get(cached_call(fit_arrays, dict(arrays=self.arrays, theta0=self.initial_theta()),
+                                            dict(shape=self.shape)))
         return FitResult(self, params)

@@ -21,6 +21,7 @@ import pandas as pd
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .known_covariance import report_arrays
 from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
+from .exported_programs import cached_call
 from .newton import STATUS_MESSAGES
 
 
@@ -64,7 +65,9 @@ class FitResult:
 
     def _post_fit_values(self):
         """(X'V₀⁻¹X)⁻¹, `RandomEffects`, fitted values and each term's ΛΛ' at the estimates."""
-        return _post_fit(self.model.arrays, self.model.shape, self.params.theta, self.params.sigma2)
+        args = dict(arrays=self.model.arrays, theta=jax.numpy.asarray(self.params.theta),
+                    sigma2=jax.numpy.asarray(self.params.sigma2))
+        return cached_call(_post_fit, args, dict(shape=self.model.shape))
 
     # ----- scalar summaries -------------------------------------------------------
     @property

@@ -28,3 +28,29 @@ def test_cli_summary_and_csv(capsys, tmp_path, sleepstudy):
 def test_cli_reports_bad_formula(capsys):
     assert main(["fit", "sleepstudy", "Reaction ~ Days + (Days | Subjec)", "--no-cache"]) == 2
     assert "column 'Subjec'" in capsys.readouterr().err
+
+
+def test_cli_stores_traced_programs_and_reuses_them(tmp_path):
+    """A second process loads the exported fit programs (no tracing) and prints the same fit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    formula = "Reaction ~ Days + (Days | Subject)"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+    def run(*options):
+        out = subprocess.run([sys.executable, "-m", "lmm_jax.cli", "fit", "sleepstudy", formula, *options],
+                             env=env, capture_output=True, text=True, check=True)
+        return out.stdout
+
+    plain = run("--no-cache")
+    first = run("--cache-dir", str(tmp_path))
+    stored = sorted((tmp_path / "lmm_jax_exports").glob("*.bin"))
+    assert len(stored) == 2  # the fit and the summaries' program
+    stamps = [p.stat().st_mtime_ns for p in stored]
+    second = run("--cache-dir", str(tmp_path))
+    assert [p.stat().st_mtime_ns for p in stored] == stamps  # loaded, not exported again
+    assert first == plain and second == plain
