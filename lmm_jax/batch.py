@@ -98,21 +98,21 @@ def _fit_with_se(arrays: ModelArrays, shape: ModelShape, theta0):
 
 
 @partial(jax.jit, static_argnames=("shape", "batch_size", "mesh"), compiler_options=BATCH_COMPILER_OPTIONS)
-def fit_responses(ys: jnp.ndarray, arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
+def fit_responses(items: jnp.ndarray, arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                   batch_size: int = BATCH_SIZE, mesh=None):
-    """(FitParams, se) for each row of ys (B, n): `lax.map` over vmapped groups of batch_size,
-    split over the devices of `mesh` (`sharding.py`)."""
+    """(FitParams, se) for each row of `items`, responses (B, n): `lax.map` over vmapped
+    groups of batch_size, split over the devices of `mesh` (`sharding.py`)."""
     def fit_one(y, consts):
         arrays, theta0 = consts
         return _fit_with_se(dataclasses.replace(arrays, y=y), shape, theta0)
-    return sharded_map(fit_one, ys, (arrays, theta0), batch_size, mesh)
+    return sharded_map(fit_one, items, (arrays, theta0), batch_size, mesh)
 
 
 @partial(jax.jit, static_argnames=("shape", "batch_size", "mesh"), compiler_options=BATCH_COMPILER_OPTIONS)
-def fit_stacked(stacked: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, batch_size: int = BATCH_SIZE,
+def fit_stacked(items: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, batch_size: int = BATCH_SIZE,
                 mesh=None):
-    """(FitParams, se) for each data set of a stack of padded arrays (`ragged.py`)."""
-    return sharded_map(lambda arrays, theta0: _fit_with_se(arrays, shape, theta0), stacked, theta0,
+    """(FitParams, se) for each data set of `items`, a stack of padded arrays (`ragged.py`)."""
+    return sharded_map(lambda arrays, theta0: _fit_with_se(arrays, shape, theta0), items, theta0,
                        batch_size, mesh)
 
 
@@ -196,9 +196,10 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     model = Model.from_formula(formula, _design_frame(formula, data), method)
     ys, names = _responses(responses, data, model.design)
     arrays, theta0 = cast_floats(model.arrays, dtype), model.shape.initial_theta()
-    consts = dict(arrays=arrays, shape=model.shape, theta0=np.asarray(theta0, dtype))
-    params, se = run_in_chunks(fit_responses, ys, consts, batch_size=batch_size, chunk_size=chunk_size,
-                               mesh=mesh, dtype=dtype, progress=progress)
+    consts = dict(arrays=arrays, theta0=np.asarray(theta0, dtype))
+    params, se = run_in_chunks(fit_responses, ys, consts, dict(shape=model.shape), batch_size=batch_size,
+                               chunk_size=chunk_size, mesh=mesh, dtype=dtype, progress=progress,
+                               compiler_options=BATCH_COMPILER_OPTIONS)
     return _result(names, model.design.fixed_names, model.method, params, se)
 
 
@@ -211,9 +212,9 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
     for key, members in group_by_bucket(designs).items():
         shape = padded_shape(designs[0], key, method)
         out = run_in_chunks(fit_stacked, stacked_arrays([designs[i] for i in members], key),
-                            dict(shape=shape, theta0=np.asarray(theta0, dtype)), batch_size=batch_size,
+                            dict(theta0=np.asarray(theta0, dtype)), dict(shape=shape), batch_size=batch_size,
                             chunk_size=chunk_size, mesh=mesh, dtype=dtype, progress=progress,
-                            desc=f"fit_batch n={key[0]}")
+                            desc=f"fit_batch n={key[0]}", compiler_options=BATCH_COMPILER_OPTIONS)
         for j, i in enumerate(members):
             results[i] = jax.tree_util.tree_map(lambda a, j=j: a[j], out)
     params, se = jax.tree_util.tree_map(lambda *parts: np.stack(parts), *results)

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from .exported_programs import compiled_call
 from .sharding import AXIS, device_count
 
 DTYPES = ("float64", "float32")
@@ -77,13 +78,16 @@ def chunk_layout(n_items: int, batch_size: int, chunk_size: int, n_devices: int 
     return n_chunks, group * math.ceil(n_items / n_chunks / group), batch_size
 
 
-def run_in_chunks(function, items, consts: dict, *, batch_size: int, chunk_size: int, mesh=None,
-                  dtype: str = "float64", progress: bool = False, desc: str = "fit_batch"):
-    """`function(chunk, batch_size=, mesh=, **consts)` (a jitted function) over equal chunks
-    of `items` (host arrays, leading axis B); the outputs as host arrays, concatenated and
-    cut back to B items. The program is compiled once ahead of time (`lower().compile()`,
-    which fills jit's cache); on a CPU without a mesh, `host_threads` chunks then run at
-    once (one per core)."""
+def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: int, chunk_size: int, mesh=None,
+                  dtype: str = "float64", progress: bool = False, desc: str = "fit_batch",
+                  compiler_options: dict | None = None):
+    """`function(items=chunk, batch_size=, mesh=, **consts, **static)` (a jitted function, `static`
+    its static arguments besides batch_size and mesh, `compiler_options` those it was jitted
+    with) over equal
+    chunks of `items` (host arrays, leading axis B); the outputs as host arrays, concatenated
+    and cut back to B items. The program is compiled once ahead of time (loaded from the
+    store of `exported_programs.py` when the compilation cache is on); on a CPU without a
+    mesh, `host_threads` chunks then run at once (one per core)."""
     n_items = jax.tree_util.tree_leaves(items)[0].shape[0]
     n_threads = host_threads(mesh)
     n_chunks, per_chunk, batch_size = chunk_layout(n_items, batch_size, chunk_size,
@@ -95,12 +99,20 @@ def run_in_chunks(function, items, consts: dict, *, batch_size: int, chunk_size:
     def chunk(c):
         return place(jax.tree_util.tree_map(lambda a: a[c * per_chunk:(c + 1) * per_chunk], padded), mesh)
 
+    static = dict(static, batch_size=batch_size, mesh=mesh)
+    with precision(dtype):
+        # stored programs (`exported_programs.py`) only unsharded: a sharded export is tied
+        # to its devices
+        program = compiled_call(function, dict(consts, items=chunk(0)), static,
+                                compiler_options=compiler_options) if mesh is None else None
+        if program is None:
+            function.lower(chunk(0), **static, **consts).compile()  # fills jit's cache
+
     def run(c):
         with precision(dtype):  # a thread-local setting: entered in the thread that calls
-            return jax.device_get(function(chunk(c), batch_size=batch_size, mesh=mesh, **consts))
+            out = program(items=chunk(c), **consts) if program else function(chunk(c), **static, **consts)
+            return jax.device_get(out)
 
-    with precision(dtype):
-        function.lower(chunk(0), batch_size=batch_size, mesh=mesh, **consts).compile()
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         results = pool.map(run, range(n_chunks))
         if progress and n_chunks > 1:

@@ -8,7 +8,7 @@ static)` therefore also stores the traced program: the first process exports it
 (`jax.export`: StableHLO plus the in/out tree structures) into the cache folder, and later
 processes deserialize it and call it, compiling from the persistent cache; within a
 process the deserialized program is wrapped in one `jax.jit`, so repeated calls dispatch
-as fast as the plain function.
+as fast as the plain function. `compiled_call` does the same for `fit_batch`'s chunks.
 
 A stored program is found by a key over everything it was specialised on: the function's
 name, its static arguments (`repr`), the shapes and dtypes of the argument leaves and their
@@ -62,6 +62,7 @@ def _export(function, args, static: dict, path: Path):
     """Trace `function`, store the exported program and the output tree; return both."""
     leaves, in_tree = jax.tree_util.tree_flatten(args)
     out_tree = []
+    function = getattr(function, "__wrapped__", function)  # a jitted function's own code
 
     def flat(*leaves):
         out = function(**jax.tree_util.tree_unflatten(in_tree, leaves), **static)
@@ -77,7 +78,7 @@ def _export(function, args, static: dict, path: Path):
     return exported, out_tree[0]
 
 
-def _load(key: str, function, args, static: dict):
+def _load(key: str, function, args, static: dict, compiler_options: dict | None = None):
     """The jitted program of `key` and its output tree: from this process, the store, or traced now."""
     if key not in _LOADED:
         path = cache_dir() / FOLDER / f"{key}.bin"
@@ -86,15 +87,29 @@ def _load(key: str, function, args, static: dict):
             exported = jax.export.deserialize(bytearray(blob))
         else:
             exported, out_tree = _export(function, args, static, path)
-        _LOADED[key] = (jax.jit(exported.call), out_tree)
+        _LOADED[key] = (jax.jit(exported.call, compiler_options=compiler_options), out_tree)
     return _LOADED[key]
 
 
 def cached_call(function, args: dict, static: dict):
     """function(**args, **static), through a stored exported program when the compilation
     cache is enabled (module docstring)."""
-    key = program_key(function, args, static) if cache_dir() is not None else None
+    return compiled_call(function, args, static, compile_now=False)(**args)
+
+
+def compiled_call(function, args: dict, static: dict, compile_now: bool = True,
+                  compiler_options: dict | None = None):
+    """A function of keyword arguments shaped like `args` that runs `function(**args, **static)`'s
+    program: the stored one when the compilation cache is enabled, else the jitted `function`.
+    `compile_now`: compile before returning (so threads that call it share one program);
+    `compiler_options`: the ones `function` was jitted with, for the stored program's compile."""
+    key = program_key(function, args, dict(static, compiler_options=compiler_options)) \
+        if cache_dir() is not None else None
     if key is None:
-        return function(**args, **static)
-    program, out_tree = _load(key, function, args, static)
-    return jax.tree_util.tree_unflatten(out_tree, program(*jax.tree_util.tree_leaves(args)))
+        if compile_now:
+            function.lower(**args, **static).compile()  # fills jit's cache for these shapes
+        return lambda **kwargs: function(**kwargs, **static)
+    program, out_tree = _load(key, function, args, static, compiler_options)
+    if compile_now:
+        program.lower(*jax.tree_util.tree_leaves(args)).compile()
+    return lambda **kwargs: jax.tree_util.tree_unflatten(out_tree, program(*jax.tree_util.tree_leaves(kwargs)))

@@ -83,3 +83,36 @@ def test_missing_value_in_responses_names_the_column(sleepstudy):
     Y.loc[3, "b"] = np.nan
     with pytest.raises(lmm_jax.DataError, match="'b'"):
         lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y, progress=False)
+
+
+CACHED_BATCH = """
+import sys, numpy as np, lmm_jax
+if sys.argv[1] != "-":
+    lmm_jax.enable_compilation_cache(sys.argv[1])
+data = lmm_jax.datasets.load("sleepstudy")
+Y = np.stack([data["Reaction"] * s for s in np.linspace(0.5, 2.0, 40)], axis=1)
+out = lmm_jax.fit_batch({formula!r}, data, responses=Y, progress=False, chunk_size=16)
+np.save(sys.argv[2], np.column_stack([out.beta, out.se, out.theta, out.loglik]))
+"""
+
+
+def test_batch_through_stored_programs_equals_plain(tmp_path):
+    """With the compilation cache on, fit_batch's chunks run the stored exported program
+    (`exported_programs.py`), in this process and, loaded, in the next: same numbers."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    code = CACHED_BATCH.format(formula=FORMULA)
+    outputs = []
+    for cache in ("-", tmp_path / "cache", tmp_path / "cache"):
+        target = tmp_path / f"out{len(outputs)}.npy"
+        subprocess.run([sys.executable, "-c", code, str(cache), str(target)], env=env, check=True)
+        outputs.append(np.load(target))
+        if cache != "-":
+            assert len(list((tmp_path / "cache" / "lmm_jax_exports").glob("*.bin"))) == 1
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-12)
+    np.testing.assert_array_equal(outputs[2], outputs[1])
