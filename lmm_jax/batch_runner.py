@@ -81,13 +81,13 @@ def chunk_layout(n_items: int, batch_size: int, chunk_size: int, n_devices: int 
 def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: int, chunk_size: int, mesh=None,
                   dtype: str = "float64", progress: bool = False, desc: str = "fit_batch",
                   compiler_options: dict | None = None):
-    """`function(items=chunk, batch_size=, mesh=, **consts, **static)` (a jitted function, `static`
-    its static arguments besides batch_size and mesh, `compiler_options` those it was jitted
-    with) over equal
-    chunks of `items` (host arrays, leading axis B); the outputs as host arrays, concatenated
-    and cut back to B items. The program is compiled once ahead of time (loaded from the
-    store of `exported_programs.py` when the compilation cache is on); on a CPU without a
-    mesh, `host_threads` chunks then run at once (one per core)."""
+    """`function(items=chunk, batch_size=, mesh=, **consts, **static)` over equal chunks of
+    `items` (host arrays, leading axis B); the outputs as host arrays, concatenated and cut
+    back to B items. `function` is jitted, `static` holds its static arguments besides
+    batch_size and mesh, `compiler_options` those it was jitted with. The program is
+    compiled once ahead of time (loaded from the store of `exported_programs.py` when the
+    compilation cache is on); on a CPU without a mesh, `host_threads` chunks then run at
+    once (one per core)."""
     n_items = jax.tree_util.tree_leaves(items)[0].shape[0]
     n_threads = host_threads(mesh)
     n_chunks, per_chunk, batch_size = chunk_layout(n_items, batch_size, chunk_size,

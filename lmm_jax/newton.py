@@ -9,6 +9,11 @@ when ρ > 3/4 and the step reached the boundary). Parameters with `free = False`
 where they start (their gradient and Hessian rows are masked), which serves boundary
 fits and profiling.
 
+Converged (status 0): max |g| ≤ gtol, or H positive definite with a Newton step H⁻¹g of at
+most xtol (1 + max |x|) in every entry (the final `_polish` takes that step), with no
+negative curvature. Otherwise the loop stops when no further decrease is possible at
+machine precision (status 1), or at maxiter.
+
 Returns an `OptimResult` record with a status code instead of raising inside jit.
 """
 
@@ -25,7 +30,7 @@ MAX_ITERATIONS = 2
 NOT_FINITE = 3
 NOT_EVALUATED = -2  # internal: the loop has not evaluated f at x0 yet
 STATUS_MESSAGES = {
-    CONVERGED_GRADIENT: "converged: gradient below tolerance",
+    CONVERGED_GRADIENT: "converged: gradient or Newton step below tolerance",
     CONVERGED_NO_PROGRESS: "converged: no further decrease possible at machine precision",
     MAX_ITERATIONS: "stopped: maximum number of iterations reached",
     NOT_FINITE: "failed: the objective is not finite at the starting values",
