@@ -96,6 +96,12 @@ def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):
 
 def _lambda_right(matrix: jnp.ndarray, lams: list, n_levels: tuple[int, ...]) -> jnp.ndarray:
     """matrix @ Λᵣ where Λᵣ = diag(I_{m₂}⊗Λ₂, ..., I) acts on the leading columns."""
+    if not lams:
+        return matrix
+    if all(lam.shape[0] == 1 for lam in lams):  # scalar terms: Λᵣ is diagonal, scale the columns
+        scale = [jnp.broadcast_to(lam[0, 0], (m,)) for lam, m in zip(lams, n_levels)]
+        rest = matrix.shape[-1] - sum(n_levels)
+        return matrix * jnp.concatenate(scale + [jnp.ones(rest, matrix.dtype)])
     parts, start = [], 0
     lead = matrix.shape[:-1]
     for lam, m in zip(lams, n_levels):
