@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import pickle
+import threading
 from pathlib import Path
 
 import jax
 import jaxlib
+import numpy as np
 
 from .compilation_cache import cache_dir
 
@@ -46,13 +49,14 @@ def source_fingerprint() -> str:
 
 
 def program_key(function, args, static: dict) -> str | None:
-    """The store key of `function(*args, **static)`, or None when it cannot be keyed."""
+    """The store key of `function(**args, **static)`, or None when it cannot be keyed."""
     described = repr(sorted(static.items()))
     if " at 0x" in described or "..." in described:  # an address, or a shortened array: not stable
         return None
     leaves, tree = jax.tree_util.tree_flatten(args)
     parts = [function.__module__, function.__qualname__, described, str(tree),
-             repr([(leaf.shape, str(leaf.dtype)) for leaf in leaves]), jax.__version__,
+             repr([(np.shape(leaf), str(getattr(leaf, "dtype", type(leaf).__name__))) for leaf in leaves]),
+             jax.__version__,
              jaxlib.__version__, jax.default_backend(), str(jax.config.jax_enable_x64),
              source_fingerprint()]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
@@ -72,7 +76,7 @@ def _export(function, args, static: dict, path: Path):
 
     exported = jax.export.export(jax.jit(flat))(*leaves)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".partial")
+    temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
     temporary.write_bytes(pickle.dumps((bytes(exported.serialize()), out_tree[0])))
     temporary.replace(path)  # atomic: a concurrent reader sees the whole file or none
     return exported, out_tree[0]
@@ -82,10 +86,10 @@ def _load(key: str, function, args, static: dict, compiler_options: dict | None 
     """The jitted program of `key` and its output tree: from this process, the store, or traced now."""
     if key not in _LOADED:
         path = cache_dir() / FOLDER / f"{key}.bin"
-        if path.is_file():
+        try:
             blob, out_tree = pickle.loads(path.read_bytes())
             exported = jax.export.deserialize(bytearray(blob))
-        else:
+        except Exception:  # not stored yet, or unreadable (truncated, another version): store anew
             exported, out_tree = _export(function, args, static, path)
         _LOADED[key] = (jax.jit(exported.call, compiler_options=compiler_options), out_tree)
     return _LOADED[key]
