@@ -25,7 +25,7 @@ import jax
 import lmm_jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_single import DATA, ROOT, run_conditions, timed, write_results  # noqa: E402
+from bench_single import DATA, ROOT, run_conditions, warm_median, write_results  # noqa: E402
 
 FORMULA = "y ~ service + (1 | s) + (1 | d) + (1 | dept:service)"
 REFERENCE = json.loads((ROOT / "tests" / "reference" / "insteval_crossed_reml.json").read_text())["reml_criterion"]
@@ -34,20 +34,15 @@ END = "<!-- bench_insteval: end -->"
 REPEATS = 3
 
 
-def median_of(fn, repeats: int = REPEATS) -> float:
-    fn()
-    return sorted(timed(fn) for _ in range(repeats))[repeats // 2]
-
-
 def main() -> None:
     load_before = os.getloadavg()[0]
     data = lmm_jax.datasets.load("insteval")
     rows = []
     print("timing lmm_jax ...", file=sys.stderr, flush=True)
-    whole = median_of(lambda: lmm_jax.fit(FORMULA, data))
+    whole, _ = warm_median(lambda: lmm_jax.fit(FORMULA, data), REPEATS)
     model = lmm_jax.Model.from_formula(FORMULA, data)
     params = jax.block_until_ready(model.fit_params())
-    core = median_of(lambda: jax.block_until_ready(model.fit_params()))
+    core, _ = warm_median(lambda: jax.block_until_ready(model.fit_params()), REPEATS)
     ours = float(params.objective)
     rows.append(("lmm_jax", "`lmm_jax.fit` (formula to full result)", whole, ours))
     rows.append(("lmm_jax", "`Model.fit_params` (design built once)", core, ours))
@@ -61,7 +56,7 @@ def main() -> None:
         import mixedlm
 
         print("timing mixedlm ...", file=sys.stderr, flush=True)
-        seconds = median_of(lambda: mixedlm.lmer(FORMULA, data))
+        seconds, _ = warm_median(lambda: mixedlm.lmer(FORMULA, data), REPEATS)
         rows.append(("mixedlm", "`mixedlm.lmer`", seconds, float(mixedlm.lmer(FORMULA, data).REMLcrit())))
     lines = ["| tool | what | warm time (s) | peer / lmm_jax.fit | REML crit. − lme4 reference (relative) |",
              "|---|---|---:|---:|---:|"]

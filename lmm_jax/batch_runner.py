@@ -104,14 +104,11 @@ def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: in
         # stored programs (`exported_programs.py`) only unsharded: a sharded export is tied
         # to its devices
         program = compiled_call(function, dict(consts, items=chunk(0)), static,
-                                compiler_options=compiler_options) if mesh is None else None
-        if program is None:
-            function.lower(chunk(0), **static, **consts).compile()  # fills jit's cache
+                                compiler_options=compiler_options, store=mesh is None)
 
     def run(c):
         with precision(dtype):  # a thread-local setting: entered in the thread that calls
-            out = program(items=chunk(c), **consts) if program else function(chunk(c), **static, **consts)
-            return jax.device_get(out)
+            return jax.device_get(program(items=chunk(c), **consts))
 
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         results = pool.map(run, range(n_chunks))

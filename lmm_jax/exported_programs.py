@@ -102,13 +102,14 @@ def cached_call(function, args: dict, static: dict):
 
 
 def compiled_call(function, args: dict, static: dict, compile_now: bool = True,
-                  compiler_options: dict | None = None):
+                  compiler_options: dict | None = None, store: bool = True):
     """A function of keyword arguments shaped like `args` that runs `function(**args, **static)`'s
-    program: the stored one when the compilation cache is enabled, else the jitted `function`.
-    `compile_now`: compile before returning (so threads that call it share one program);
-    `compiler_options`: the ones `function` was jitted with, for the stored program's compile."""
+    program: the stored one when the compilation cache is enabled (and `store`), else the
+    jitted `function`. `compile_now`: compile before returning (so threads that call it share
+    one program); `compiler_options`: the ones `function` was jitted with, for the stored
+    program's compile."""
     key = program_key(function, args, dict(static, compiler_options=compiler_options)) \
-        if cache_dir() is not None else None
+        if store and cache_dir() is not None else None
     if key is None:
         if compile_now:
             function.lower(**args, **static).compile()  # fills jit's cache for these shapes
