@@ -30,18 +30,22 @@ from jax.scipy.linalg import solve_triangular
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
 from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
-from .sparse_schur import SchurPairs, sparse_zz_block
+from .schur_cholesky import MIN_REST_SIZE as SCHUR_RULE_MIN_SIZE
+from .schur_cholesky import schur_cholesky_parts
+from .sparse_schur import SchurPairs, pair_products, sparse_zz_block
 
 
 class CrossProducts(NamedTuple):
     """Z₁'WZ₁ per level (m₁, p₁, p₁), Z₁'WR per level (m₁, p₁, r), R'WR (r, r), Σ log wᵢ,
-    and the sparse pairs of B'B's Z block (`sparse_schur.py`; None: form it densely)."""
+    and the sparse pairs of B'B's Z block with their products (`sparse_schur.py`; None:
+    form it densely)."""
 
     z1tz1: jnp.ndarray
     z1tr: jnp.ndarray
     rtr: jnp.ndarray
     sum_log_weights: jnp.ndarray
     pairs: SchurPairs | None = None
+    pair_products: jnp.ndarray | None = None
 
 
 class BlockedFactor(NamedTuple):
@@ -80,7 +84,10 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
                                + [(w[:, None] * xy).T @ xy], axis=1)
     rtr = jnp.concatenate(rows + [xy_block], axis=0)
     log_w = jnp.log(jnp.where(w > 0, w, 1.0))  # rows of weight 0 (padding) are not observations
-    return CrossProducts(z1tz1, jnp.concatenate(z1tr, axis=2), rtr, jnp.sum(log_w), arrays.schur_pairs)
+    z1tr = jnp.concatenate(z1tr, axis=2)
+    pairs = arrays.schur_pairs
+    products = None if pairs is None else pair_products(z1tr[:, :, :rest_size(shape)], pairs)
+    return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w), pairs, products)
 
 
 def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):
@@ -115,6 +122,13 @@ def _lambda_right(matrix: jnp.ndarray, lams: list, n_levels: tuple[int, ...]) ->
 
 def blocked_factor(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> BlockedFactor:
     """The blocked Cholesky factor L at θ."""
+    l11, b, schur = blocked_schur(theta, cp, shape)
+    return BlockedFactor(l11, b, small_cholesky(schur))
+
+
+def blocked_schur(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape):
+    """(L₁₁, B, S) at θ: the first term's factor, B = L₂₁', and the Schur complement S that
+    L₂₂ factors."""
     lams = relative_factors(theta, shape)
     lam1, lams_rest, levels_rest = lams[0], lams[1:], shape.n_levels[1:]
     p1 = lam1.shape[0]
@@ -122,34 +136,48 @@ def blocked_factor(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> 
     l11 = small_cholesky(a11)
     z1tr = _lambda_right(jnp.einsum("ji,ljr->lir", lam1, cp.z1tr), lams_rest, levels_rest)
     b = small_solve_lower(l11, z1tr)
-    rtr = _lambda_right(_lambda_right(cp.rtr, lams_rest, levels_rest).T, lams_rest, levels_rest)
     q2, r = rest_size(shape), cp.rtr.shape[0]
     identity_part = jnp.concatenate([jnp.ones(q2), jnp.zeros(r - q2)])
-    schur = rtr + jnp.diag(identity_part) - _b_transpose_b(b, cp.pairs, q2)
-    return BlockedFactor(l11, b, small_cholesky(schur))
+    if cp.pairs is None:
+        rtr = _lambda_both(cp.rtr, lams_rest, levels_rest)
+        schur = rtr + jnp.diag(identity_part) - jnp.einsum("lir,lis->rs", b, b)
+    else:  # B is not formed (under jit the unused b is dropped): B'B = Λᵣ'(Σ_l C_l'Q_l C_l)Λᵣ
+        e = small_solve_lower(l11, jnp.broadcast_to(lam1.T, a11.shape))
+        q = jnp.einsum("lki,lkj->lij", e, e)
+        schur = _lambda_both(cp.rtr - _sparse_c_q_c(q, cp, q2), lams_rest, levels_rest) + jnp.diag(identity_part)
+    return l11, b, schur
 
 
-def _b_transpose_b(b: jnp.ndarray, pairs: SchurPairs | None, q2: int) -> jnp.ndarray:
-    """B'B = Σ_l B_l'B_l (r x r); its Z block from the sparse pairs when there are any."""
-    if pairs is None:
-        return jnp.einsum("lir,lis->rs", b, b)
-    b_z, b_xy = b[:, :, :q2], b[:, :, q2:]
-    zxy = jnp.einsum("liq,lia->qa", b_z, b_xy)
-    return jnp.block([[sparse_zz_block(b_z, pairs, q2), zxy],
-                      [zxy.T, jnp.einsum("lia,lib->ab", b_xy, b_xy)]])
+def _lambda_both(matrix: jnp.ndarray, lams: list, n_levels: tuple[int, ...]) -> jnp.ndarray:
+    """Λᵣ' matrix Λᵣ for symmetric `matrix`."""
+    return _lambda_right(_lambda_right(matrix, lams, n_levels).T, lams, n_levels)
+
+
+def _sparse_c_q_c(q: jnp.ndarray, cp: CrossProducts, q2: int) -> jnp.ndarray:
+    """Σ_l C_l'Q_l C_l (r x r) with C_l = (Z₁'WR)_l: its Z block from the sparse pairs."""
+    c_z, c_xy = cp.z1tr[:, :, :q2], cp.z1tr[:, :, q2:]
+    q_c_xy = jnp.einsum("lab,lbc->lac", q, c_xy)
+    zxy = jnp.einsum("lai,lac->ic", c_z, q_c_xy)
+    return jnp.block([[sparse_zz_block(q, cp.pair_products, cp.pairs, q2), zxy],
+                      [zxy.T, jnp.einsum("lac,lad->cd", c_xy, q_c_xy)]])
 
 
 def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> Profiled:
-    """`Profiled` at θ from the blocked Cholesky factor."""
-    factor = blocked_factor(theta, cp, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
-    log_diag11 = jnp.log(jnp.diagonal(factor.l11, axis1=1, axis2=2))
-    log_diag22 = jnp.log(jnp.diag(factor.l22))
-    logdet_v = 2.0 * (jnp.sum(log_diag11) + jnp.sum(log_diag22[:q2])) - cp.sum_log_weights
-    logdet_xtvx = 2.0 * jnp.sum(log_diag22[q2:r - 1])
-    rss = factor.l22[-1, -1] ** 2
-    l_xx = factor.l22[q2:r - 1, q2:r - 1]
-    beta = small_solve_upper_transposed(l_xx, factor.l22[-1, q2:r - 1, None])[:, 0]
+    """`Profiled` at θ from the blocked Cholesky factor: of L₂₂ only Σ_{i<q₂} log L_ii and
+    the trailing block L_TT over [X y] (`schur_cholesky.py`; its cheaper derivative for
+    large q₂)."""
+    l11, _, schur = blocked_schur(theta, cp, shape)
+    q2 = rest_size(shape)
+    if q2 >= SCHUR_RULE_MIN_SIZE:
+        half_logdet_zz, l_tt = schur_cholesky_parts(schur, q2)
+    else:
+        l22 = small_cholesky(schur)
+        half_logdet_zz, l_tt = jnp.sum(jnp.log(jnp.diag(l22))[:q2]), l22[q2:, q2:]
+    log_diag11 = jnp.log(jnp.diagonal(l11, axis1=1, axis2=2))
+    logdet_v = 2.0 * (jnp.sum(log_diag11) + half_logdet_zz) - cp.sum_log_weights
+    logdet_xtvx = 2.0 * jnp.sum(jnp.log(jnp.diag(l_tt))[:-1])
+    rss = l_tt[-1, -1] ** 2
+    beta = small_solve_upper_transposed(l_tt[:-1, :-1], l_tt[-1, :-1, None])[:, 0]
     return Profiled(logdet_v, logdet_xtvx, rss, beta)
 
 
