@@ -5,9 +5,11 @@
     result = model.fit()                 # FitResult: lme4-style summaries
 
 The fit minimises the profiled deviance (`likelihood.profiled_deviance`) over θ with a
-damped Newton method using the exact Hessian, starting from lme4's θ₀ (identity
-factors). Afterwards θ is put in canonical form (non-negative diagonals), and factor
-diagonals near zero are tried at exactly zero, with the other parameters re-optimised;
+trust-region Newton method using the exact Hessian, starting from lme4's θ₀ (identity
+factors); large crossed designs use a BFGS Hessian from a searched start instead
+(`optimizer_hessian`, `term_scale_search`). Afterwards θ is put in canonical form
+(non-negative diagonals), and factor diagonals near zero are tried at exactly zero, with
+the other parameters re-optimised;
 that boundary point is kept when its deviance is no worse (a singular fit, reported).
 
 With `known_scale=True` the prior weights are the known inverse residual variances
@@ -28,7 +30,7 @@ import numpy as np
 
 from . import _config  # noqa: F401  (float64)
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
-from .blocked import blocked_profile, cross_products
+from .blocked import blocked_profile, cross_products, rest_size
 from .dense import dense_profile
 from .design import Design, build_design
 from .exported_programs import cached_call
@@ -116,7 +118,52 @@ def deviance_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
     return lambda theta: criterion(profile(theta), arrays, shape)
 
 
-def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int):
+QUASI_NEWTON_MIN_REST = 256  # Schur complements this large: BFGS instead of exact Hessians
+
+
+def optimizer_hessian(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked") -> str:
+    """"exact" (`newton.minimize`'s default), or "bfgs" for a model whose blocked Schur
+    complement has r ≥ `QUASI_NEWTON_MIN_REST` rows (large crossed designs: an exact
+    Hessian by autodiff through the dense r x r Cholesky costs ~20 criterion values, a
+    gradient ~6, and BFGS needs about twice the iterations). Decided from static shapes."""
+    r = rest_size(shape) + arrays.X.shape[1] + 1
+    return "bfgs" if evaluator == "blocked" and r >= QUASI_NEWTON_MIN_REST else "exact"
+
+
+MAX_HALVINGS = 6  # the start search tries each term's factor down to 2⁻⁶ of lme4's θ₀
+
+
+def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
+    """A start for BFGS from criterion values alone: for each term in turn, halve its θ
+    block (Λ_k -> Λ_k / 2) while the criterion decreases, up to `MAX_HALVINGS` times.
+
+    lme4's θ₀ (identity factors) can lie where the criterion is concave in a term's θ (a
+    term with few levels and a large relative variance: InstEval's dept:service at θ = 1,
+    true 0.09); quasi-Newton steps crawl there. A value costs ~1/5 of a gradient on large
+    models, so ~10 values that land in the convex basin save many BFGS iterations.
+    """
+    index = np.arange(shape.n_theta)
+    masks = jnp.asarray(np.stack([(index >= sl.start) & (index < sl.stop) for sl in shape.theta_slices()]))
+
+    def keep_halving(state):
+        return state[0] < masks.shape[0]
+
+    def try_halving(state):
+        """term -1 evaluates x0 itself (one traced criterion serves the whole search)."""
+        term, halvings, x, fx = state
+        trial = jnp.where(masks[jnp.maximum(term, 0)] & (term >= 0), 0.5 * x, x)
+        f_trial = deviance(trial)
+        better = f_trial < fx
+        stay = (term >= 0) & better & (halvings + 1 < MAX_HALVINGS)
+        return (jnp.where(stay, term, term + 1), jnp.where(stay, halvings + 1, 0),
+                jnp.where(better, trial, x), jnp.where(better, f_trial, fx))
+
+    start = (jnp.asarray(-1), jnp.asarray(0), x0, jnp.asarray(jnp.inf, x0.dtype))
+    return jax.lax.while_loop(keep_halving, try_halving, start)[2]
+
+
+def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int,
+                           hessian: str = "exact"):
     """Minimise, put x in canonical form, then retry bounded entries near 0 at exactly 0
     (the others re-optimised) and keep that point when its deviance is no worse.
     Returns (x, the kept `OptimResult`, total iterations, singular). With no parameters at
@@ -137,12 +184,13 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
         tried = (index == 0) | jnp.any(candidates)
         # phase 1 without candidates would only re-evaluate the first minimum: skipped (a
         # single fit saves one Hessian; under vmap both branches run, as before)
-        result = jax.lax.cond(tried, lambda: minimize(deviance, start, ~candidates, maxiter=maxiter),
+        result = jax.lax.cond(tried, lambda: minimize(deviance, start, ~candidates, maxiter=maxiter,
+                                                      hessian=hessian),
                               lambda: _not_run(start))
         return result.x, (result, tried)
 
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
-        first = minimize(deviance, x0, maxiter=maxiter)
+        first = minimize(deviance, x0, maxiter=maxiter, hessian=hessian)
         return canonicalize(first.x), first, first.iterations, jnp.zeros((), bool)
     _, (phases, tried) = jax.lax.scan(phase, x0, jnp.arange(2))
     first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], phases) for i in range(2))
@@ -165,8 +213,10 @@ def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
     """The whole fit as one pure function of arrays (jit/vmap-able)."""
     deviance = deviance_function(arrays, shape, evaluator)
+    hessian = optimizer_hessian(arrays, shape, evaluator)
+    start = term_scale_search(deviance, theta0, shape) if hessian == "bfgs" and shape.n_theta else theta0
     theta, best, iterations, singular = minimize_with_boundary(
-        deviance, theta0, bounded_mask(shape), lambda t: canonical_theta(t, shape), maxiter)
+        deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape), maxiter, hessian)
     profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = criterion(profiled, arrays, shape)
     return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
