@@ -13,7 +13,8 @@ import lmm_jax
 from lmm_jax.blocked import blocked_profile, cross_products, rest_size
 from lmm_jax.dense import dense_profile
 from lmm_jax.arrays import bounded_mask, canonical_theta
-from lmm_jax.model import deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian
+from lmm_jax.model import (deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian,
+                           term_scale_search)
 from lmm_jax.schur_cholesky import MIN_REST_SIZE, schur_cholesky_parts
 from test_sparse_schur import FORMULA, crossed_frame
 
@@ -94,19 +95,34 @@ def test_profile_and_gradient_through_the_rule_equal_the_dense_evaluator(medium_
     np.testing.assert_allclose(jax.jit(jax.grad(blocked))(theta), jax.jit(jax.grad(dense))(theta), rtol=1e-8, atol=1e-8)
 
 
-def test_bfgs_fit_equals_the_exact_newton_fit(medium_model):
-    """The default fit (exact Newton, Hessians through the rule) and a BFGS fit of the same
-    model reach the same optimum."""
+def no_room_effect(model):
+    """The medium model's design with a response whose room variance is 0: a singular fit."""
+    data = crossed_frame(seed=4, students=150, teachers=70, per_student=4)
+    rng = np.random.default_rng(11)
+    student, teacher = (data[c].astype(int).to_numpy() for c in ("student", "teacher"))
+    y = (1 + 0.5 * data["x"].to_numpy() + 0.6 * rng.normal(size=150)[student]
+         + rng.normal(size=70)[teacher] + rng.normal(size=len(data)))
+    return model.with_arrays(y=y)
+
+
+@pytest.mark.parametrize("response", ["simulated", "no room effect"])
+def test_bfgs_fit_equals_the_exact_newton_fit(medium_model, response):
+    """The default fit (exact Newton, Hessians through the rule) and a BFGS fit from the
+    searched start reach the same optimum, also when it is singular (the boundary retry)."""
     arrays, shape = medium_model.arrays, medium_model.shape
+    if response == "no room effect":
+        arrays = no_room_effect(medium_model)
     exact = fit_arrays(arrays, shape, medium_model.initial_theta())
 
     @jax.jit
     def bfgs_fit(arrays, theta0):
-        x, best, _, _ = minimize_with_boundary(deviance_function(arrays, shape), theta0, bounded_mask(shape),
-                                               lambda t: canonical_theta(t, shape), 200, hessian="bfgs")
-        return x, best
+        deviance = deviance_function(arrays, shape)
+        start = term_scale_search(deviance, theta0, shape)
+        return minimize_with_boundary(deviance, start, bounded_mask(shape),
+                                      lambda t: canonical_theta(t, shape), 200, hessian="bfgs")
 
-    theta, best = bfgs_fit(arrays, medium_model.initial_theta())
+    theta, best, _, singular = bfgs_fit(arrays, medium_model.initial_theta())
     assert int(exact.status) <= 1 and int(best.status) <= 1
+    assert bool(singular) == bool(exact.singular) == (response == "no room effect")
     np.testing.assert_allclose(best.fun, exact.objective, rtol=1e-12)
     np.testing.assert_allclose(theta, exact.theta, rtol=1e-5, atol=1e-6)
