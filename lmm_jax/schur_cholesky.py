@@ -7,15 +7,15 @@ effects Z (q₂ rows) and T = [X y] (p + 1 rows). Of L the profiled criterion re
     ½ log|S_ZZ| = Σ_{i<q₂} log L_ii    and    L_TT = chol(S_T·Z),  S_T·Z = S_TT - S_TZ S_ZZ⁻¹ S_ZT
 
 (log|X'V₀⁻¹X|, r² and β̂ come from the small L_TT). Their tangents, with
-G = S_ZZ⁻¹ S_ZT = L_ZZ⁻ᵀ L_TZ' (q₂ x (p + 1)):
+G = S_ZZ⁻¹ S_ZT (q₂ x (p + 1)):
 
     d ½log|S_ZZ| = ½ tr(S_ZZ⁻¹ dS_ZZ)
     d S_T·Z     = dS_TT - dS_TZ G - G' dS_ZT + G' dS_ZZ G
     d L_TT      = L_TT Φ(L_TT⁻¹ d S_T·Z L_TT⁻ᵀ),   Φ: lower triangle, diagonal halved
 
 (dS symmetrised first, as JAX's own Cholesky rule does). All are linear in dS with
-primal-only coefficients, so JAX transposes the rule for
-gradients, and the rule is itself differentiable (Hessians, implicit derivatives). Autodiff
+primal-only coefficients, so JAX transposes the rule for gradients, and the rule is itself
+differentiable (Hessians, implicit derivatives). Autodiff
 through `jnp.linalg.cholesky` costs several r x r triangular solves and products per
 gradient (about 10x the factorisation on InstEval's r = 1,159); this rule costs two
 triangular solves over q₂ (S_ZZ⁻¹ from L_ZZ). Used when q₂ ≥ `MIN_REST_SIZE`.
