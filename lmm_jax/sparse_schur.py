@@ -45,27 +45,21 @@ class SchurPairs(NamedTuple):
     col: jnp.ndarray
 
 
-def _touched_blocks(design) -> tuple[np.ndarray, np.ndarray, int]:
-    """(level of term 1, first column of a touched level block of another term, its width)
-    for each distinct pair, and q₂."""
+def _columns_per_level(design):
+    """For each level of term 1, the sorted non-zero columns of B_l,Z, as flat (owner level,
+    column) arrays (numpy int64), and q₂. A level touches whole blocks of p_k columns: those of
+    the other terms' levels it shares an observation with."""
     first = design.terms[0]
-    levels, starts, widths, offset = [], [], [], 0
+    owners, columns, offset = [], [], 0
     for term in design.terms[1:]:
         key = np.unique(first.codes.astype(np.int64) * term.n_levels + term.codes)
-        levels.append(key // term.n_levels)
-        starts.append(offset + (key % term.n_levels) * term.dim)
-        widths.append(np.full(key.size, term.dim))
+        block_starts = offset + (key % term.n_levels) * term.dim
+        owners.append(np.repeat(key // term.n_levels, term.dim))
+        columns.append((block_starts[:, None] + np.arange(term.dim)).ravel())
         offset += term.n_levels * term.dim
-    return np.concatenate(levels), np.concatenate(starts), np.concatenate(widths), offset
-
-
-def _columns_per_level(design):
-    """For each level of term 1, the sorted non-zero columns of B_l,Z (numpy int64)."""
-    levels, starts, widths, q2 = _touched_blocks(design)
-    columns = np.concatenate([s + np.arange(w) for s, w in zip(starts, widths)]) if levels.size else np.zeros(0, int)
-    owners = np.repeat(levels, widths)
-    order = np.lexsort((columns, owners))
-    return owners[order], columns[order], q2
+    owners, columns = np.concatenate(owners), np.concatenate(columns)
+    order = np.argsort(owners * offset + columns, kind="stable")
+    return owners[order], columns[order], offset
 
 
 def schur_pairs(design) -> SchurPairs | None:
@@ -89,7 +83,7 @@ def schur_pairs(design) -> SchurPairs | None:
         rows.append(cols_of[:, i].ravel())
         cols.append(cols_of[:, j].ravel())
     pair_level, rows, cols = (np.concatenate(parts) for parts in (pair_level, rows, cols))
-    order = np.lexsort((cols, rows))  # sorted output positions: the segment sum writes in order
+    order = np.argsort(rows.astype(np.int64) * q2 + cols, kind="stable")  # the segment sum writes in order
     as_int = (lambda values: jnp.asarray(values[order], jnp.int32))
     return SchurPairs(as_int(pair_level), as_int(rows), as_int(cols))
 
