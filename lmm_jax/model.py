@@ -9,8 +9,8 @@ trust-region Newton method using the exact Hessian, starting from lme4's θ₀ (
 factors); large crossed designs use a BFGS Hessian from a searched start instead
 (`optimizer_hessian`, `term_scale_search`). Afterwards θ is put in canonical form
 (non-negative diagonals), and factor diagonals near zero are tried at exactly zero, with
-the other parameters re-optimised;
-that boundary point is kept when its deviance is no worse (a singular fit, reported).
+the other parameters re-optimised; that boundary point is kept when its deviance is no
+worse (a singular fit, reported).
 
 With `known_scale=True` the prior weights are the known inverse residual variances
 (W⁻¹ = diag(D_i)) and σ² = 1 is fixed, not profiled: the Fay-Herriot model is
@@ -123,9 +123,10 @@ QUASI_NEWTON_MIN_REST = 256  # Schur complements this large: BFGS instead of exa
 
 def optimizer_hessian(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked") -> str:
     """"exact" (`newton.minimize`'s default), or "bfgs" for a model whose blocked Schur
-    complement has r ≥ `QUASI_NEWTON_MIN_REST` rows (large crossed designs: an exact
-    Hessian by autodiff through the dense r x r Cholesky costs ~20 criterion values, a
-    gradient ~6, and BFGS needs about twice the iterations). Decided from static shapes."""
+    complement has r ≥ `QUASI_NEWTON_MIN_REST` rows. On large crossed designs an exact
+    Hessian by autodiff through the dense r x r factor costs ~10 gradients (InstEval: 2.3
+    against 0.25 s), while BFGS from `term_scale_search`'s start needs 8 iterations plus 3
+    difference probes where exact Newton needed 14. Decided from static shapes."""
     r = rest_size(shape) + arrays.X.shape[1] + 1
     return "bfgs" if evaluator == "blocked" and r >= QUASI_NEWTON_MIN_REST else "exact"
 
