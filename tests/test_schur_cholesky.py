@@ -1,6 +1,7 @@
 """The Schur complement's Cholesky parts (`schur_cholesky.py`) and their derivative rule equal
-plain autodiff through `jnp.linalg.cholesky`: values, gradients, Hessians; and the large
-crossed models that use the rule (and BFGS) fit as the dense evaluator with exact Newton."""
+plain autodiff through `jnp.linalg.cholesky`: values, gradients, Hessians; a crossed model
+that uses the rule equals the dense evaluator; and BFGS fits (large models' optimiser)
+equal exact-Newton fits."""
 
 from __future__ import annotations
 
