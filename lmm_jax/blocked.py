@@ -30,8 +30,7 @@ from jax.scipy.linalg import solve_triangular
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
 from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
-from .schur_cholesky import MIN_REST_SIZE as SCHUR_RULE_MIN_SIZE
-from .schur_cholesky import schur_cholesky_parts
+from .schur_cholesky import schur_factor_parts
 from .sparse_schur import SchurPairs, pair_products, sparse_zz_block
 
 
@@ -167,12 +166,7 @@ def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) ->
     the trailing block L_TT over [X y] (`schur_cholesky.py`; its cheaper derivative for
     large q₂)."""
     l11, _, schur = blocked_schur(theta, cp, shape)
-    q2 = rest_size(shape)
-    if q2 >= SCHUR_RULE_MIN_SIZE:
-        half_logdet_zz, l_tt = schur_cholesky_parts(schur, q2)
-    else:
-        l22 = small_cholesky(schur)
-        half_logdet_zz, l_tt = jnp.sum(jnp.log(jnp.diag(l22))[:q2]), l22[q2:, q2:]
+    half_logdet_zz, l_tt = schur_factor_parts(schur, rest_size(shape))
     log_diag11 = jnp.log(jnp.diagonal(l11, axis1=1, axis2=2))
     logdet_v = 2.0 * (jnp.sum(log_diag11) + half_logdet_zz) - cp.sum_log_weights
     logdet_xtvx = 2.0 * jnp.sum(jnp.log(jnp.diag(l_tt))[:-1])

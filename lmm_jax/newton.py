@@ -193,16 +193,15 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
                    jnp.asarray(radius, x0.dtype), jnp.asarray(0), jnp.asarray(NOT_EVALUATED),
                    jnp.asarray(0))
 
-    def probe_direction(s: _State):
-        """BFGS: the finite-difference probe h_j e_j for column j = `s.probe` of the start H."""
+    def probe_column(s: _State):
+        """BFGS: e_j and h_j for the finite-difference probe h_j e_j of column j = `s.probe`
+        of the start H."""
         j = jnp.minimum(s.probe, x0.size - 1)
-        probe_step = 1e-4 * jnp.maximum(jnp.abs(s.x[j]), 1e-2)
-        return jnp.where(jnp.arange(x0.size) == j, probe_step, 0.0), probe_step
+        return (jnp.arange(x0.size) == j).astype(x0.dtype), 1e-4 * jnp.maximum(jnp.abs(s.x[j]), 1e-2)
 
-    def quasi_newton_hessian(s: _State, probing, probe_step, direction, grad, ok):
+    def quasi_newton_hessian(s: _State, probing, column, probe_step, direction, grad, ok):
         """While probing: column `s.probe` of the difference Hessian (made positive definite
         after the last); then the BFGS update along the trial step."""
-        column = jnp.zeros_like(s.x).at[jnp.minimum(s.probe, x0.size - 1)].set(1.0)
         difference = s.hess * (1.0 - column)[None, :] + jnp.outer((grad - s.grad) / probe_step, column)
         finished = mask_hessian(positive_definite(mask_hessian(difference)))
         difference = jnp.where(s.probe == n_probes - 1, finished, difference)
@@ -215,14 +214,12 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         probing = jnp.zeros((), bool)  # exact Hessians: never
         if n_probes:
             probing = started & (s.probe < n_probes)
-            probe, probe_step = probe_direction(s)
-            direction = jnp.where(probing, probe, direction)
+            column, probe_step = probe_column(s)
+            direction = jnp.where(probing, probe_step * column, direction)
         length = jnp.linalg.norm(direction)
         predicted = -(s.grad @ direction + 0.5 * direction @ s.hess @ direction)
         value, grad, hess = masked(*evaluate(s.x + direction))
         ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-        if hess is None:  # BFGS: update along every trial step, accepted or not
-            hess = jnp.where(started, quasi_newton_hessian(s, probing, probe_step, direction, grad, ok), s.hess)
         ratio = jnp.where(ok, (s.fun - value) / jnp.maximum(predicted, 1e-300), -jnp.inf)
         accept = ((ratio > 1e-4) & ~probing) | ~started
         radius = jnp.where(ratio < 0.25, 0.25 * length,
@@ -230,9 +227,12 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         radius = jnp.where(started & ~probing, radius, s.radius)
         x = jnp.where(accept, s.x + direction, s.x)
         fun = jnp.where(accept, value, s.fun)
-        grad = jnp.where(accept, grad, s.grad)
-        if hessian == "exact":
+        if n_probes:  # BFGS: updated along every trial step, accepted or not
+            hess = jnp.where(started, quasi_newton_hessian(s, probing, column, probe_step, direction, grad, ok),
+                             s.hess)
+        else:
             hess = jnp.where(accept, hess, s.hess)
+        grad = jnp.where(accept, grad, s.grad)
         iteration = s.iteration + (started & ~probing)
         stalled = started & ~probing & ((predicted <= 1e-15 * (1.0 + jnp.abs(s.fun)))
                                         | (radius <= 1e-12 * (1.0 + jnp.linalg.norm(x))))

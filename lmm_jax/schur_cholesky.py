@@ -29,14 +29,28 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import cho_solve, solve_triangular
 
+from .small_linalg import small_cholesky
+
 MIN_REST_SIZE = 128  # smaller Schur complements keep plain autodiff through the factor
+
+
+def schur_factor_parts(schur: jnp.ndarray, q2: int):
+    """(½ log|S_ZZ|, L_TT) of `schur`: through the derivative rule when q₂ ≥ `MIN_REST_SIZE`,
+    else from the plain factor (`small_cholesky`: unrolled for the tiny S of batch fits)."""
+    if q2 >= MIN_REST_SIZE:
+        return schur_cholesky_parts(schur, q2)
+    return _read_factor(small_cholesky(schur), q2)
+
+
+def _read_factor(factor: jnp.ndarray, q2: int):
+    """(Σ_{i<q₂} log L_ii, L_TT) from the Cholesky factor L."""
+    return jnp.sum(jnp.log(jnp.diag(factor))[:q2]), factor[q2:, q2:]
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
 def schur_cholesky_parts(schur: jnp.ndarray, q2: int):
     """(½ log|S_ZZ|, L_TT) of the symmetric positive-definite `schur` (module docstring)."""
-    factor = jnp.linalg.cholesky(schur)
-    return jnp.sum(jnp.log(jnp.diag(factor)[:q2])), factor[q2:, q2:]
+    return _read_factor(jnp.linalg.cholesky(schur), q2)
 
 
 @schur_cholesky_parts.defjvp
@@ -50,8 +64,7 @@ def _schur_cholesky_parts_jvp(q2, primals, tangents):
     d_zz, d_tz = d_schur[:q2, :q2], d_schur[q2:, :q2]
     d_tz_g = d_tz @ g
     d_reduced = d_schur[q2:, q2:] - d_tz_g - d_tz_g.T + g.T @ d_zz @ g
-    l_tt = factor[q2:, q2:]
+    half_logdet_zz, l_tt = _read_factor(factor, q2)
     scaled = solve_triangular(l_tt, solve_triangular(l_tt, d_reduced, lower=True).T, lower=True)
     phi = jnp.tril(scaled) - 0.5 * jnp.diag(jnp.diag(scaled))
-    primal_out = (jnp.sum(jnp.log(jnp.diag(factor)[:q2])), l_tt)
-    return primal_out, (0.5 * jnp.sum(s_zz_inv * d_zz), l_tt @ phi)
+    return (half_logdet_zz, l_tt), (0.5 * jnp.sum(s_zz_inv * d_zz), l_tt @ phi)
