@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _config  # noqa: F401  (float64)
+from . import single_term_derivatives
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
 from .blocked import blocked_profile, cross_products, rest_size
 from .dense import dense_profile
@@ -131,6 +132,16 @@ def optimizer_hessian(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
     return "bfgs" if evaluator == "blocked" and r >= QUASI_NEWTON_MIN_REST else "exact"
 
 
+def closed_form_derivatives(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked"):
+    """θ -> (criterion, gradient, Hessian) in closed form for a blocked model with one small
+    random term (`single_term_derivatives.py`: ~2x cheaper than autodiff, the bulk of a
+    batch of sleepstudy-shaped fits), else None (autodiff of the criterion)."""
+    if evaluator != "blocked" or not single_term_derivatives.applies(arrays, shape):
+        return None
+    return single_term_derivatives.value_grad_hess_function(
+        arrays, shape, lambda profiled: criterion(profiled, arrays, shape))
+
+
 MAX_HALVINGS = 6  # the start search tries each term's factor down to 2⁻⁶ of lme4's θ₀
 
 
@@ -164,9 +175,10 @@ def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape) -> jnp.ndarr
 
 
 def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int,
-                           hessian: str = "exact"):
+                           hessian: str = "exact", derivatives=None):
     """Minimise, put x in canonical form, then retry bounded entries near 0 at exactly 0
-    (the others re-optimised) and keep that point when its deviance is no worse.
+    (the others re-optimised) and keep that point when its deviance is no worse
+    (`derivatives`: `newton.minimize`'s closed-form value, gradient and Hessian, or None).
     Returns (x, the kept `OptimResult`, total iterations, singular). With no parameters at
     all (a linear model) there is nothing to optimise: the criterion is evaluated once."""
     if x0.size == 0:
@@ -186,12 +198,12 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
         # phase 1 without candidates would only re-evaluate the first minimum: skipped (a
         # single fit saves one Hessian; under vmap both branches run, as before)
         result = jax.lax.cond(tried, lambda: minimize(deviance, start, ~candidates, maxiter=maxiter,
-                                                      hessian=hessian),
+                                                      hessian=hessian, derivatives=derivatives),
                               lambda: _not_run(start))
         return result.x, (result, tried)
 
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
-        first = minimize(deviance, x0, maxiter=maxiter, hessian=hessian)
+        first = minimize(deviance, x0, maxiter=maxiter, hessian=hessian, derivatives=derivatives)
         return canonicalize(first.x), first, first.iterations, jnp.zeros((), bool)
     _, (phases, tried) = jax.lax.scan(phase, x0, jnp.arange(2))
     first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], phases) for i in range(2))
@@ -217,7 +229,8 @@ def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
     hessian = optimizer_hessian(arrays, shape, evaluator)
     start = term_scale_search(deviance, theta0, shape) if hessian == "bfgs" and shape.n_theta else theta0
     theta, best, iterations, singular = minimize_with_boundary(
-        deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape), maxiter, hessian)
+        deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape), maxiter, hessian,
+        closed_form_derivatives(arrays, shape, evaluator))
     profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = criterion(profiled, arrays, shape)
     return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,

@@ -159,12 +159,16 @@ def trust_region_step(grad, hess, radius, bisections: int = 60):
 
 def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
              gtol: float = 1e-7, xtol: float = 1e-7, maxiter: int = 200,
-             radius: float = 1.0, hessian: str = "exact") -> OptimResult:
+             radius: float = 1.0, hessian: str = "exact", derivatives: Callable | None = None) -> OptimResult:
     """Minimise f from x0 over the entries where `free` is True (all by default), with the
-    exact Hessian or (`hessian="bfgs"`) a quasi-Newton one."""
+    exact Hessian or (`hessian="bfgs"`) a quasi-Newton one. `derivatives`: x -> (f, ∇f, ∇²f)
+    computed another way (closed form: `single_term_derivatives.py`), used instead of
+    autodiff of f for the exact Hessian."""
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {tuple(HESSIANS)}, got {hessian!r}")
-    evaluate = HESSIANS[hessian](f)
+    if derivatives is not None and hessian != "exact":
+        raise ValueError("derivatives= gives exact Hessians; it cannot be combined with hessian='bfgs'")
+    evaluate = HESSIANS[hessian](f) if derivatives is None else derivatives
     free = jnp.ones(x0.shape, bool) if free is None else free
     n_probes = x0.size if hessian == "bfgs" else 0
 
