@@ -75,6 +75,8 @@ class _State(NamedTuple):
     iteration: jnp.ndarray
     status: jnp.ndarray  # -1 while running (-2 before the first evaluation)
     probe: jnp.ndarray  # BFGS: the next finite-difference column of the starting H (done at n)
+    eigvals: jnp.ndarray  # H's eigendecomposition, computed once per iteration and used by the
+    eigvecs: jnp.ndarray  # convergence test, the next trust-region step and `_polish`
 
 
 def value_grad_hess(f: Callable) -> Callable:
@@ -127,9 +129,9 @@ def positive_definite(hess):
     return jnp.where(jnp.all(jnp.isfinite(out)), out, jnp.eye(hess.shape[0], dtype=hess.dtype))
 
 
-def trust_region_step(grad, hess, radius, bisections: int = 60):
-    """argmin_d g'd + ½d'Hd subject to ‖d‖ ≤ Δ, through μ: d(μ) = -(H + μI)⁻¹g."""
-    eigvals, eigvecs = jnp.linalg.eigh(hess)
+def trust_region_step(grad, eigvals, eigvecs, radius, bisections: int = 60):
+    """argmin_d g'd + ½d'Hd subject to ‖d‖ ≤ Δ, through μ: d(μ) = -(H + μI)⁻¹g, from H's
+    eigendecomposition H = V diag(λ) V'."""
     g_rotated = eigvecs.T @ grad
     tiny = 1e-12 * jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
     lower = jnp.maximum(0.0, -eigvals[0]) + tiny
@@ -181,9 +183,8 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
             return value, grad, None
         return value, grad, mask_hessian(hess)
 
-    def stationary_minimum(x, grad, hess):
+    def stationary_minimum(x, grad, eigvals, eigvecs):
         """A small gradient, or a tiny Newton step (`_polish` takes it) at positive curvature."""
-        eigvals, eigvecs = jnp.linalg.eigh(hess)
         scale = jnp.maximum(1.0, jnp.max(jnp.abs(eigvals)))
         curvature_ok = eigvals[0] >= -1e-8 * scale
         newton = (eigvecs.T @ grad) / jnp.where(eigvals > 1e-8 * scale, eigvals, jnp.inf)
@@ -195,7 +196,7 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
     # separate evaluation before it).
     state = _State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), jnp.eye(x0.size, dtype=x0.dtype),
                    jnp.asarray(radius, x0.dtype), jnp.asarray(0), jnp.asarray(NOT_EVALUATED),
-                   jnp.asarray(0))
+                   jnp.asarray(0), jnp.ones(x0.size, x0.dtype), jnp.eye(x0.size, dtype=x0.dtype))
 
     def probe_column(s: _State):
         """BFGS: e_j and h_j for the finite-difference probe h_j e_j of column j = `s.probe`
@@ -214,7 +215,7 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
 
     def step(s: _State) -> _State:
         started = s.status != NOT_EVALUATED
-        direction = jnp.where(started, trust_region_step(s.grad, s.hess, s.radius), 0.0)
+        direction = jnp.where(started, trust_region_step(s.grad, s.eigvals, s.eigvecs, s.radius), 0.0)
         probing = jnp.zeros((), bool)  # exact Hessians: never
         if n_probes:
             probing = started & (s.probe < n_probes)
@@ -240,12 +241,13 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         iteration = s.iteration + (started & ~probing)
         stalled = started & ~probing & ((predicted <= 1e-15 * (1.0 + jnp.abs(s.fun)))
                                         | (radius <= 1e-12 * (1.0 + jnp.linalg.norm(x))))
-        status = jnp.where(stationary_minimum(x, grad, hess), CONVERGED_GRADIENT,
+        eigvals, eigvecs = jnp.linalg.eigh(hess)
+        status = jnp.where(stationary_minimum(x, grad, eigvals, eigvecs), CONVERGED_GRADIENT,
                            jnp.where(stalled, CONVERGED_NO_PROGRESS,
                                      jnp.where(iteration >= maxiter, MAX_ITERATIONS, -1)))
         status = jnp.where(probing, -1, status)
         status = jnp.where(started | ok, status, NOT_FINITE)
-        return _State(x, fun, grad, hess, radius, iteration, status, s.probe + probing)
+        return _State(x, fun, grad, hess, radius, iteration, status, s.probe + probing, eigvals, eigvecs)
 
     final = jax.lax.while_loop(lambda s: s.status < 0, step, state)
     return OptimResult(_polish(final), final.fun, final.grad, final.hess, final.iteration, final.status)
@@ -258,7 +260,7 @@ def _polish(state: _State) -> jnp.ndarray:
     rounding in f (the ratio test); the Newton step itself is computed from g and H, which
     stay accurate, so it takes x from ~1e-7 to near machine precision.
     """
-    eigvals, eigvecs = jnp.linalg.eigh(state.hess)
+    eigvals, eigvecs = state.eigvals, state.eigvecs
     newton = -eigvecs @ ((eigvecs.T @ state.grad) / eigvals)
     small = jnp.linalg.norm(newton) <= 1e-3 * (1.0 + jnp.linalg.norm(state.x))
     usable = (eigvals[0] > 0) & small & jnp.all(jnp.isfinite(newton)) & (state.status <= CONVERGED_NO_PROGRESS)
