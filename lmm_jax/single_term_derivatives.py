@@ -109,9 +109,6 @@ def _schur_derivatives(schur, schur_1, schur_2, beta):
 
     (r² is the minimum over b of [-b; 1]'S[-b; 1], so its first derivative is the envelope's)."""
     p = schur.shape[0] - 1
-    if p == 0:  # no fixed effects: r² = S itself
-        zeros = jnp.zeros(schur_1.shape[:1], schur.dtype)
-        return zeros, jnp.zeros(schur_2.shape[:2], schur.dtype), schur_1[:, 0, 0], schur_2[:, :, 0, 0]
     l_inv = small_solve_lower(small_cholesky(schur[:p, :p]), jnp.eye(p, dtype=schur.dtype))
     inv_xx = l_inv.T @ l_inv
     inv_s1 = jnp.einsum("ab,ibc->iac", inv_xx, schur_1[:, :p, :p])
