@@ -180,8 +180,8 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     (benchmarks/bench_float32.py, 2026-12-02) the largest relative errors were: β̂ 2e-4,
     log-likelihood 3e-5, σ̂ 4e-3, SE(β̂) 3e-2; θ̂ (entries > 0.05) 8e-2 at the 99th
     percentile but up to 0.9 in nearly singular fits, whose flat likelihood float32 cannot
-    resolve; 10 of 1,000 fits differed in the singular flag. tests/test_batch_float32.py asserts these bounds
-    (β̂ 1e-3, log-likelihood 1e-4, σ̂ 1e-2, SE 1e-1, θ̂ 1).
+    resolve; 10 of 1,000 fits differed in the singular flag. tests/test_batch_float32.py
+    asserts these bounds (β̂ 1e-3, log-likelihood 1e-4, σ̂ 1e-2, SE 1e-1, θ̂ 1).
     `devices`: the devices to split the batch over (default: all local devices; one
     device runs unsharded).
     """

@@ -46,7 +46,7 @@ def applies(arrays: ModelArrays, shape: ModelShape) -> bool:
 
 
 def _covariance_derivatives(theta: jnp.ndarray, shape: ModelShape):
-    """G = ΛΛ', D (k, q, q) with D_i = ∂G/∂θ_i and G2 (k, k, q, q) with ∂²G/∂θ_i∂θ_j."""
+    """(Λ, D, G2) for G = ΛΛ': D (k, q, q) with D_i = ∂G/∂θ_i, G2 (k, k, q, q) with ∂²G/∂θ_i∂θ_j."""
     structure = shape.structures[0]
 
     def covariance(t):

@@ -111,10 +111,9 @@ def test_used_only_for_one_small_term():
     two_terms = lmm_jax.Model.from_formula("y ~ x + (1 | g) + (1 | h)", data)
     assert not single_term_derivatives.applies(two_terms.arrays, two_terms.shape)
     assert model_module.closed_form_derivatives(two_terms.arrays, two_terms.shape) is None
-    wide = lmm_jax.Model.from_formula("y ~ 1 + (0 + f + x + z | g)", data.assign(f=lambda d: d["f"] + "x"))
-    wide5 = lmm_jax.Model.from_formula("y ~ 1 + (1 + x + z + I(x * z) + I(x ** 2) | g)", data)
-    assert wide.shape.dims == (5,) and wide5.shape.dims == (5,)
-    assert not single_term_derivatives.applies(wide5.arrays, wide5.shape)
+    wide = lmm_jax.Model.from_formula("y ~ 1 + (1 + x + z + I(x * z) + I(x ** 2) | g)", data)
+    assert wide.shape.dims == (5,)
+    assert not single_term_derivatives.applies(wide.arrays, wide.shape)
     one = lmm_jax.Model.from_formula(FORMULAS["slope"], data)
     assert model_module.closed_form_derivatives(one.arrays, one.shape, "dense") is None
     assert model_module.closed_form_derivatives(one.arrays, one.shape) is not None
@@ -122,8 +121,8 @@ def test_used_only_for_one_small_term():
 
 @pytest.mark.parametrize("name", [pytest.param("slope", marks=SLOW), "three_effects"])
 def test_fit_equals_fit_by_autodiff(name, monkeypatch):
-    """The same optimiser with either derivative gives the same estimates, singular fits
-    included (the simulated g variance of `three_effects`' slopes is 0)."""
+    """The same optimiser with either derivative gives the same estimates; both fits are
+    singular (the data have no random slopes), so the boundary retry is compared too."""
     model = lmm_jax.Model.from_formula(FORMULAS[name], random_frame(4))
     closed = fit_arrays(model.arrays, model.shape, model.initial_theta())
     monkeypatch.setattr(model_module, "closed_form_derivatives", lambda *args, **kwargs: None)
@@ -136,4 +135,4 @@ def test_fit_equals_fit_by_autodiff(name, monkeypatch):
     np.testing.assert_allclose(closed.objective, autodiff.objective, rtol=1e-12)
     np.testing.assert_allclose(closed.theta, autodiff.theta, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(closed.beta, autodiff.beta, rtol=1e-7, atol=1e-9)
-    assert bool(closed.singular) == bool(autodiff.singular)
+    assert bool(closed.singular) and bool(autodiff.singular)
