@@ -111,6 +111,9 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
     terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}))
     y, X, names, spec = _fixed_part(parsed, frame)
     X, names, dropped = _drop_rank_deficient(X, names)
+    if X.shape[1] == 0:  # the evaluators' small [X y] factor needs a column of X (lme4 allows none)
+        raise FormulaError(f"formula {formula!r} has no fixed effects (its fixed part is {parsed.fixed!r}); "
+                           "lmm_jax needs at least one fixed-effect column: keep the intercept or add a covariate")
     if not known_scale:
         _check_sizes(terms, y.shape[0], parsed)
     return Design(parsed, y, X, tuple(names), tuple(terms), prior_weights, n_dropped, spec,

@@ -65,6 +65,12 @@ def test_mixed_model_engine_needs_a_random_term(sleepstudy):
         lmm_jax.Model.from_formula("Reaction ~ Days", sleepstudy)
 
 
+def test_no_fixed_effects_is_refused_by_name(sleepstudy):
+    """`y ~ 0 + (1 | g)` (lme4 fits it) is refused with the formula named, not failed inside JAX."""
+    with pytest.raises(FormulaError, match=r"has no fixed effects"):
+        lmm_jax.fit("Reaction ~ 0 + (1 | Subject)", sleepstudy)
+
+
 def test_rank_deficient_fixed_effects_are_dropped_with_a_warning(sleepstudy):
     data = sleepstudy.assign(Days2=2.0 * sleepstudy["Days"])
     with pytest.warns(UserWarning, match=r"rank deficient so dropping 1 column / coefficient: Days2"):
