@@ -166,6 +166,11 @@ def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) ->
     the trailing block L_TT over [X y] (`schur_cholesky.py`; its cheaper derivative for
     large q₂)."""
     l11, _, schur = blocked_schur(theta, cp, shape)
+    return profile_from_schur(l11, schur, cp, shape)
+
+
+def profile_from_schur(l11: jnp.ndarray, schur: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> Profiled:
+    """`Profiled` from the first term's factor L₁₁ and the Schur complement S (`blocked_schur`)."""
     half_logdet_zz, l_tt = schur_factor_parts(schur, rest_size(shape))
     log_diag11 = jnp.log(jnp.diagonal(l11, axis1=1, axis2=2))
     logdet_v = 2.0 * (jnp.sum(log_diag11) + half_logdet_zz) - cp.sum_log_weights

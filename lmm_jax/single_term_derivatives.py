@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from .arrays import ModelArrays, ModelShape
-from .blocked import CrossProducts, cross_products
+from .blocked import CrossProducts, blocked_schur, cross_products, profile_from_schur
 from .likelihood import Profiled
-from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
+from .small_linalg import small_cholesky, small_solve_lower
 
 MAX_TERM_DIM = 4  # larger first terms keep autodiff (the per-level tensors grow as q⁴)
 
@@ -66,18 +66,15 @@ def _level_products(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
 
 
 def _per_level_sums(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape):
-    """(L, L', L'', S, S', S''): Σ log|M_l| and S with their θ-derivatives (module docstring)."""
+    """(`Profiled`, L', L'', S, S', S''): the blocked evaluator's profiled quantities, the
+    θ-derivatives of L = Σ log|M_l|, and S with its θ-derivatives (module docstring)."""
     lam, d, g2 = _covariance_derivatives(theta, shape)
     a, c = cp.z1tz1, cp.z1tr
     q = lam.shape[0]
-    m = jnp.einsum("ji,ljk,kh->lih", lam, a, lam) + jnp.eye(q)
-    chol = small_cholesky(m)
+    chol, b, schur = blocked_schur(theta, cp, shape)                   # L_l, B_l = L_l⁻¹Λ'C_l, S
     e = small_solve_lower(chol, jnp.einsum("ji,ljk->lik", lam, a))      # L⁻¹Λ'A
-    b = small_solve_lower(chol, jnp.einsum("ji,ljr->lir", lam, c))      # L⁻¹Λ'C
     p_mat = a - _level_products(e, e)
     u = c - _level_products(e, b)
-    logdet = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=1, axis2=2)))
-    schur = cp.rtr - jnp.einsum("lir,lis->rs", b, b)
     p_sum = jnp.sum(p_mat, axis=0)
     pd = jnp.einsum("lab,ibc->liac", p_mat, d)                         # P_l D_i
     logdet_1 = jnp.einsum("ab,iba->i", p_sum, d)
@@ -88,15 +85,7 @@ def _per_level_sums(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape):
     cross = jnp.einsum("ljar,lias->ijrs", w, pw)                       # Σ_l U'D_j P D_i U
     schur_1 = -jnp.einsum("iab,abrs->irs", d, uu)
     schur_2 = cross + jnp.swapaxes(cross, 0, 1) - jnp.einsum("ijab,abrs->ijrs", g2, uu)
-    return logdet, logdet_1, logdet_2, schur, schur_1, schur_2
-
-
-def _profiled_from_sums(logdet_m, schur, cp: CrossProducts) -> Profiled:
-    """`Profiled` from Σ log|M_l| and S, as `blocked.blocked_profile` reads them."""
-    l_tt = small_cholesky(schur)
-    beta = small_solve_upper_transposed(l_tt[:-1, :-1], l_tt[-1, :-1, None])[:, 0]
-    return Profiled(logdet_m - cp.sum_log_weights, 2.0 * jnp.sum(jnp.log(jnp.diag(l_tt))[:-1]),
-                    l_tt[-1, -1] ** 2, beta)
+    return profile_from_schur(chol, schur, cp, shape), logdet_1, logdet_2, schur, schur_1, schur_2
 
 
 def _schur_derivatives(schur, schur_1, schur_2, beta):
@@ -129,8 +118,7 @@ def value_grad_hess_function(arrays: ModelArrays, shape: ModelShape, criterion: 
     cp = cross_products(arrays, shape)
 
     def evaluate(theta):
-        logdet, logdet_1, logdet_2, schur, schur_1, schur_2 = _per_level_sums(theta, cp, shape)
-        profiled = _profiled_from_sums(logdet, schur, cp)
+        profiled, logdet_1, logdet_2, schur, schur_1, schur_2 = _per_level_sums(theta, cp, shape)
         xtvx_1, xtvx_2, rss_1, rss_2 = _schur_derivatives(schur, schur_1, schur_2, profiled.beta)
 
         def of_scalars(z):
