@@ -36,7 +36,8 @@ from .dense import dense_profile
 from .design import Design, build_design
 from .exported_programs import cached_call
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
-from .newton import CONVERGED_GRADIENT, OptimResult, minimize
+from .loop_carries import data_reference, tied_to
+from .newton import OptimResult, minimize
 from .sparse_schur import schur_pairs
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
@@ -170,7 +171,7 @@ def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape) -> jnp.ndarr
         return (jnp.where(stay, term, term + 1), jnp.where(stay, halvings + 1, 0),
                 jnp.where(better, trial, x), jnp.where(better, f_trial, fx))
 
-    start = (jnp.asarray(-1), jnp.asarray(0), x0, jnp.asarray(jnp.inf, x0.dtype))
+    start = tied_to((jnp.asarray(-1), jnp.asarray(0), x0, jnp.asarray(jnp.inf, x0.dtype)), jnp.sum(x0))
     return jax.lax.while_loop(keep_halving, try_halving, start)[2]
 
 
@@ -195,11 +196,10 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
         candidates = (index == 1) & bounded_array & (jnp.abs(x) < BOUNDARY_CANDIDATE)
         start = jnp.where(index == 0, x0, jnp.where(candidates, 0.0, x))
         tried = (index == 0) | jnp.any(candidates)
-        # phase 1 without candidates would only re-evaluate the first minimum: skipped (a
-        # single fit saves one Hessian; under vmap both branches run, as before)
-        result = jax.lax.cond(tried, lambda: minimize(deviance, start, ~candidates, maxiter=maxiter,
-                                                      hessian=hessian, derivatives=derivatives),
-                              lambda: _not_run(start))
+        # phase 1 without candidates would only re-evaluate the first minimum: not run (its
+        # value +inf, never preferred)
+        result = minimize(deviance, start, ~candidates, maxiter=maxiter, hessian=hessian,
+                          derivatives=derivatives, run=tried)
         return result.x, (result, tried)
 
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
@@ -215,16 +215,11 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
     return x, best, first.iterations + second.iterations, singular
 
 
-def _not_run(x: jnp.ndarray) -> OptimResult:
-    """The record of a minimisation that did not run (its value +inf: never preferred)."""
-    return OptimResult(x, jnp.asarray(jnp.inf, x.dtype), jnp.zeros_like(x), jnp.eye(x.size, dtype=x.dtype),
-                       jnp.asarray(0), jnp.asarray(CONVERGED_GRADIENT))
-
-
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))
 def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
     """The whole fit as one pure function of arrays (jit/vmap-able)."""
+    theta0 = tied_to(theta0, data_reference((arrays, theta0)))  # under vmap: batched loop carries
     deviance = deviance_function(arrays, shape, evaluator)
     hessian = optimizer_hessian(arrays, shape, evaluator)
     start = term_scale_search(deviance, theta0, shape) if hessian == "bfgs" and shape.n_theta else theta0

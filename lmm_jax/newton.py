@@ -40,6 +40,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .loop_carries import tied_to
+
 CONVERGED_GRADIENT = 0
 CONVERGED_NO_PROGRESS = 1
 MAX_ITERATIONS = 2
@@ -161,11 +163,15 @@ def trust_region_step(grad, eigvals, eigvecs, radius, bisections: int = 60):
 
 def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
              gtol: float = 1e-7, xtol: float = 1e-7, maxiter: int = 200,
-             radius: float = 1.0, hessian: str = "exact", derivatives: Callable | None = None) -> OptimResult:
+             radius: float = 1.0, hessian: str = "exact", derivatives: Callable | None = None,
+             run=True) -> OptimResult:
     """Minimise f from x0 over the entries where `free` is True (all by default), with the
     exact Hessian or (`hessian="bfgs"`) a quasi-Newton one. `derivatives`: x -> (f, ∇f, ∇²f)
     computed another way (closed form: `single_term_derivatives.py`), used instead of
-    autodiff of f for the exact Hessian."""
+    autodiff of f for the exact Hessian. `run` (a boolean, traced or not): when False, f is
+    never evaluated and the record of a minimisation that did not run comes back (x0, value
+    +inf, status 0), without a `lax.cond` (whose batching rule traces both branches twice:
+    under vmap most of a batch program's trace time)."""
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {tuple(HESSIANS)}, got {hessian!r}")
     if derivatives is not None and hessian != "exact":
@@ -194,9 +200,12 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
     # status -2: x0 not evaluated yet. The loop's first pass evaluates f at x0 (a zero step),
     # so f, ∇f and ∇²f are traced once, inside the loop (half the compile time of a
     # separate evaluation before it).
-    state = _State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), jnp.eye(x0.size, dtype=x0.dtype),
-                   jnp.asarray(radius, x0.dtype), jnp.asarray(0), jnp.asarray(NOT_EVALUATED),
-                   jnp.asarray(0), jnp.ones(x0.size, x0.dtype), jnp.eye(x0.size, dtype=x0.dtype))
+    # every carry batched when x0 or `run` is (`loop_carries.py`: one batching pass of `step`)
+    state = tied_to(_State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), jnp.eye(x0.size, dtype=x0.dtype),
+                           jnp.asarray(radius, x0.dtype), jnp.asarray(0),
+                           jnp.where(run, NOT_EVALUATED, CONVERGED_GRADIENT),
+                           jnp.asarray(0), jnp.ones(x0.size, x0.dtype), jnp.eye(x0.size, dtype=x0.dtype)),
+                    jnp.sum(x0) + jnp.asarray(run, x0.dtype))
 
     def probe_column(s: _State):
         """BFGS: e_j and h_j for the finite-difference probe h_j e_j of column j = `s.probe`
