@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import BOOT_TYPES, bootstrap_limits, bootstrap_replicates
+from .exported_programs import cached_call
 from .profile import NOT_CONVERGED, STATUS_MESSAGES, ml_estimates, profile_limits, sdcor_estimates
 from .sdcor import check_structures, n_variance, parameter_bounds, parameter_names, theta_to_sdcor
 
@@ -126,8 +127,9 @@ def _profile(result, z: float, rows: list[int], names: list[str]):
         psi_hat, d_hat = ml_estimates(model.arrays, model.shape, model.initial_theta())
     else:
         psi_hat, d_hat = sdcor_estimates(result.params, model.shape)
-    out = jax.device_get(profile_limits(model.arrays, model.shape, psi_hat, d_hat, z,
-                                        np.arange(len(names))))
+    out = jax.device_get(cached_call(profile_limits, dict(arrays=model.arrays, psi_hat=psi_hat, d_hat=d_hat,
+                                                          z=z, which=np.arange(len(names))),
+                                     dict(shape=model.shape)))
     status = {names[i]: (STATUS_MESSAGES[int(out.lower_status[i])],
                          STATUS_MESSAGES[int(out.upper_status[i])]) for i in rows}
     failed = [names[i] for i in rows

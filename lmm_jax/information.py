@@ -47,6 +47,7 @@ import pandas as pd
 
 from .arrays import ModelArrays, ModelShape
 from .blocked import blocked_factor, blocked_profile, cross_products, rest_size
+from .exported_programs import cached_call
 from .model import SINGULAR_TOLERANCE
 from .structures import CholeskyFactor
 from .variance_scale import (_vech_indices, deviance_at, engine_parameters, log_determinants_at,
@@ -168,8 +169,9 @@ def fit_information(result) -> tuple[Information, np.ndarray, list[dict]]:
     """(`Information` as numpy, free mask of φ, rows of φ) for a `FitResult`."""
     model, params = result.model, result.params
     held = held_terms(params.theta, model.shape)
-    info = information_matrices(model.arrays, model.shape, held, jnp.asarray(params.theta),
-                                jnp.asarray(params.sigma2), jnp.asarray(params.beta))
+    info = cached_call(information_matrices, dict(arrays=model.arrays, theta=jnp.asarray(params.theta),
+                                                  sigma2=jnp.asarray(params.sigma2), beta=jnp.asarray(params.beta)),
+                       dict(shape=model.shape, held=held))
     info = Information(*(np.asarray(m) for m in jax.device_get(info)))
     return info, free_mask(held, model.shape), variance_rows(model.design, model.shape)
 

@@ -28,6 +28,7 @@ import numpy as np
 from .arrays import ModelArrays, bounded_mask, canonical_theta, relative_factors
 from .blocked import RandomEffects
 from .design import build_design
+from .exported_programs import cached_call
 from .likelihood import profiled_deviance, profiled_sigma2
 from .model import FitParams, Model, minimize_with_boundary
 from .residual_design import (CORRELATIONS, VARIANCES, ResidualArrays, build_correlation, build_variance,
@@ -119,7 +120,9 @@ class ResidualModel(Model):
         raise NotImplementedError("blups() with residual structures: use fit().ranef()")
 
     def fit(self) -> "ResidualFitResult":
-        return ResidualFitResult(self, jax.device_get(self.fit_params()))
+        args = dict(arrays=self.arrays, res=self.residual_arrays, x0=self.initial_theta())
+        return ResidualFitResult(self, jax.device_get(cached_call(fit_residual_arrays, args,
+                                                                  dict(shape=self.residual_shape))))
 
 
 @partial(jax.jit, static_argnames=("shape",))
@@ -138,8 +141,9 @@ class ResidualFitResult(FitResult):
     def _post_fit_values(self):
         model, params = self.model, self.params
         x = np.concatenate([np.asarray(params.theta), np.asarray(params.residual)])
-        xtvx_inv, effects, fitted, rel = _post_fit(model.arrays, model.residual_arrays,
-                                                   model.residual_shape, jnp.asarray(x), params.sigma2)
+        xtvx_inv, effects, fitted, rel = cached_call(_post_fit, dict(arrays=model.arrays, res=model.residual_arrays,
+                                                                     x=jnp.asarray(x), sigma2=params.sigma2),
+                                                     dict(shape=model.residual_shape))
         return xtvx_inv, RandomEffects([], []) if effects is None else effects, fitted, rel
 
     @property

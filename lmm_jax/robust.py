@@ -38,6 +38,7 @@ from jax.scipy.linalg import cho_solve
 
 from .arrays import ModelArrays, ModelShape
 from .design import DataError
+from .exported_programs import cached_call
 from .blocked import blocked_xtvx_inverse, cross_products
 from .information import (free_mask, held_terms, information_matrices, variance_components,
                           variance_rows)
@@ -163,10 +164,12 @@ def robust_vcov(result) -> dict:
     theta, sigma2, beta = (jnp.asarray(a) for a in (params.theta, params.sigma2, params.beta))
     phi = variance_parameters(theta, sigma2, model.shape)
     beta_cov = jnp.asarray(result.vcov.to_numpy())
-    _, beta_parts = cluster_contributions(phi, beta, beta_cov, clusters, model.arrays, model.shape)
+    _, beta_parts = cached_call(cluster_contributions, dict(phi=phi, beta=beta, beta_cov=beta_cov, clusters=clusters,
+                                                            arrays=model.arrays), dict(shape=model.shape))
     beta_rob = np.asarray(sandwich(beta_cov, beta_parts))
-    phi_rob, _ = jax.device_get(_variance_sandwich(model.arrays, model.shape, held, theta, sigma2,
-                                                   beta, clusters))
+    phi_rob, _ = jax.device_get(cached_call(_variance_sandwich, dict(arrays=model.arrays, theta=theta, sigma2=sigma2,
+                                                                     beta=beta, clusters=clusters),
+                                            dict(shape=model.shape, held=held)))
     full = np.full((free.size, free.size), np.nan)
     full[np.ix_(free, free)] = phi_rob
     names = list(result.design.fixed_names)

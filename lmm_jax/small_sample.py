@@ -17,6 +17,7 @@ import numpy as np
 
 from .arrays import ModelArrays, ModelShape
 from .blocked import cross_products
+from .exported_programs import cached_call
 from .kenward_roger import KenwardRogerTerms, kenward_roger_adjust, kenward_roger_terms
 from .satterthwaite import (SatterthwaiteTerms, contrast_df, satterthwaite_terms_phi,
                             satterthwaite_terms_psi)
@@ -55,8 +56,9 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
 def fit_terms(result) -> SmallSampleTerms:
     """`small_sample_terms` at a `FitResult`'s estimates, on the host."""
     model, params = result.model, result.params
-    return jax.device_get(small_sample_terms(model.arrays, model.shape, params.theta, params.sigma2,
-                                             boundary=bool(result.singular)))
+    return jax.device_get(cached_call(small_sample_terms,
+                                      dict(arrays=model.arrays, theta=params.theta, sigma2=params.sigma2),
+                                      dict(shape=model.shape, boundary=bool(result.singular))))
 
 
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
