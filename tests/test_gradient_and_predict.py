@@ -35,7 +35,7 @@ def test_optimum_is_stationary_with_positive_definite_hessian(sleepstudy):
     model = lmm_jax.Model.from_formula(FORMULAS["sleepstudy"], sleepstudy)
     params = model.fit_params()
     assert float(params.gradient_norm) < 1e-5
-    hessian = jax.hessian(model.deviance)(params.theta)
+    hessian = jax.jit(jax.hessian(model.deviance))(params.theta)
     assert np.all(np.linalg.eigvalsh(hessian) > 0)
     assert float(model.deviance(params.theta)) == pytest.approx(float(params.objective), abs=1e-9)
 

@@ -163,7 +163,7 @@ def test_observed_ml_information_of_beta_and_phi(sleep_fits):
 
     psi = jnp.concatenate([jnp.asarray(result.fixef.to_numpy()),
                            jnp.asarray(result.variance_components().estimate.to_numpy())])
-    dense = jax.hessian(minus_loglik)(psi)
+    dense = jax.jit(jax.hessian(minus_loglik))(psi)
     np.testing.assert_allclose(observed.to_numpy(), dense, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(observed.to_numpy()[:p, :p], np.linalg.inv(result.vcov), rtol=1e-8)
     # -∂²ℓ/∂β∂φ_i = X'V⁻¹V_iV⁻¹r: zero in expectation only (the expected information is block-diagonal)
