@@ -165,13 +165,18 @@ def xtvx_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarra
 
 
 # ----- host side: the tables ------------------------------------------------------------------
+def information_at(model, theta, sigma2, beta, held: tuple[bool, ...]) -> Information:
+    """`information_matrices` of `model` called from the host (`cached_call`: compiled once per
+    model shape for every caller)."""
+    values = dict(theta=jnp.asarray(theta), sigma2=jnp.asarray(sigma2), beta=jnp.asarray(beta))
+    return cached_call(information_matrices, dict(arrays=model.arrays, **values), dict(shape=model.shape, held=held))
+
+
 def fit_information(result) -> tuple[Information, np.ndarray, list[dict]]:
     """(`Information` as numpy, free mask of φ, rows of φ) for a `FitResult`."""
     model, params = result.model, result.params
     held = held_terms(params.theta, model.shape)
-    info = cached_call(information_matrices, dict(arrays=model.arrays, theta=jnp.asarray(params.theta),
-                                                  sigma2=jnp.asarray(params.sigma2), beta=jnp.asarray(params.beta)),
-                       dict(shape=model.shape, held=held))
+    info = information_at(model, params.theta, params.sigma2, params.beta, held)
     info = Information(*(np.asarray(m) for m in jax.device_get(info)))
     return info, free_mask(held, model.shape), variance_rows(model.design, model.shape)
 

@@ -16,6 +16,7 @@ from test_information import SLEEP, dense_variance_model
 import lmm_jax
 from lmm_jax.batch import fit_responses
 from lmm_jax.blocked import blocked_profile, cross_products
+from lmm_jax.exported_programs import cached_call
 from lmm_jax.robust import cluster_contributions, cluster_rows, cluster_term, variance_sandwich
 from lmm_jax.variance_scale import beta_covariance, deviance_on_variance_scale, engine_parameters
 
@@ -29,7 +30,10 @@ def scores_at(model, phi):
     beta = blocked_profile(theta, cross_products(model.arrays, model.shape), model.shape).beta
     beta_cov = beta_covariance(phi, model.arrays, model.shape)
     clusters = cluster_rows(model.design.terms[cluster_term(model.design)].codes)
-    return cluster_contributions(phi, beta, beta_cov, clusters, model.arrays, model.shape), beta, beta_cov
+    scores = cached_call(cluster_contributions,  # the program `robust_vcov` runs: compiled once
+                         dict(phi=phi, beta=beta, beta_cov=beta_cov, clusters=clusters, arrays=model.arrays),
+                         dict(shape=model.shape))
+    return scores, beta, beta_cov
 
 
 @pytest.mark.parametrize("formula, data_name, phi", [
