@@ -3,6 +3,7 @@ each evaluator reproduces the lme4 reference cases of up to ~1,000 rows."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -21,6 +22,12 @@ DESIGNS = {
     "nested_and_uncorrelated": "y ~ x + (x || g2) + (1 | g2/g3)",
     "vector_term_second": "y ~ 1 + (1 | g1) + (1 + x | g3)",
 }
+
+
+# the evaluators jitted (shape static): one compile per model, not one per primitive
+dense_profile_jit, blocked_profile_jit = (jax.jit(f, static_argnums=2) for f in (dense_profile, blocked_profile))
+dense_effects_jit, blocked_effects_jit = (jax.jit(f, static_argnums=2)
+                                          for f in (dense_random_effects, blocked_random_effects))
 
 
 def random_frame(seed: int, n: int = 90) -> pd.DataFrame:
@@ -46,14 +53,14 @@ def test_blocked_equals_dense(name, method, seed):
     cp = cross_products(model.arrays, model.shape)
     for _ in range(3):
         theta = jnp.asarray(rng.normal(size=model.shape.n_theta))
-        dense = dense_profile(theta, model.arrays, model.shape)
-        fast = blocked_profile(theta, cp, model.shape)
+        dense = dense_profile_jit(theta, model.arrays, model.shape)
+        fast = blocked_profile_jit(theta, cp, model.shape)
         for a, b in zip(dense, fast):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(profiled_deviance(fast, n, p, model.shape.reml),
                                    profiled_deviance(dense, n, p, model.shape.reml), rtol=1e-12)
-        modes, cond_cov = dense_random_effects(theta, model.arrays, model.shape, 2.5)
-        effects = blocked_random_effects(theta, cp, model.shape, 2.5)
+        modes, cond_cov = dense_effects_jit(theta, model.arrays, model.shape, 2.5)
+        effects = blocked_effects_jit(theta, cp, model.shape, 2.5)
         np.testing.assert_allclose(np.concatenate([m.ravel() for m in effects.modes]), modes,
                                    rtol=1e-8, atol=1e-9)
         start = 0
@@ -74,13 +81,13 @@ def test_known_scale_blocked_equals_dense(method):
     model = lmm_jax.Model.from_formula(DESIGNS["slope_and_crossed"], random_frame(3), method,
                                        weights=1.0 / variances, known_scale=True)
     assert model.shape.known_scale and model.shape.reml == (method == "REML")
-    blocked = deviance_function(model.arrays, model.shape, "blocked")
-    dense = deviance_function(model.arrays, model.shape, "dense")
+    blocked = jax.jit(deviance_function(model.arrays, model.shape, "blocked"))
+    dense = jax.jit(deviance_function(model.arrays, model.shape, "dense"))
     X, y = np.asarray(model.arrays.X), np.asarray(model.arrays.y)
     n, p = X.shape
     for _ in range(3):
         theta = jnp.asarray(rng.normal(size=model.shape.n_theta))
-        v0 = np.asarray(dense_v0(theta, model.arrays, model.shape))
+        v0 = np.asarray(jax.jit(dense_v0, static_argnums=2)(theta, model.arrays, model.shape))
         v_inv_x = np.linalg.solve(v0, X)
         beta = np.linalg.solve(X.T @ v_inv_x, v_inv_x.T @ y)
         resid = y - X @ beta
@@ -107,10 +114,11 @@ def test_dense_fit_matches_reference(case_id):
     n_params = len(params.beta) + len(params.theta) + 1
     assert abs(-2 * float(params.loglik) + 2 * n_params - case["aic"]) < 2e-4
     assert abs(-2 * float(params.loglik) + np.log(case["nobs"]) * n_params - case["bic"]) < 2e-4
-    se = np.sqrt(params.sigma2 * np.diag(dense_xtvx_inverse(params.theta, model.arrays, model.shape)))
+    xtvx_inverse = jax.jit(dense_xtvx_inverse, static_argnums=2)  # jitted: one compile, not one per op
+    se = np.sqrt(params.sigma2 * np.diag(xtvx_inverse(params.theta, model.arrays, model.shape)))
     np.testing.assert_allclose(se, case["fixed"]["se"], rtol=1e-4)
     assert bool(params.singular) == case["singular"]
-    modes, cond_cov = dense_random_effects(params.theta, model.arrays, model.shape, params.sigma2)
+    modes, cond_cov = dense_effects_jit(params.theta, model.arrays, model.shape, params.sigma2)
     first = model.design.terms[0]
     ref = case["ranef"][first.group]
     column = ref["terms"].index(first.column_names[0])

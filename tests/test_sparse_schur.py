@@ -55,12 +55,13 @@ def test_sparse_equals_dense_product_and_dense_evaluator(model):
     rng = np.random.default_rng(3)
     sparse_cp = cross_products(model.arrays, model.shape)
     dense_cp = cross_products(without_pairs(model.arrays), model.shape)
+    blocked, dense = jax.jit(blocked_profile, static_argnums=2), jax.jit(dense_profile, static_argnums=2)
     for _ in range(3):
         theta = jnp.asarray(rng.normal(size=model.shape.n_theta))
-        sparse = blocked_profile(theta, sparse_cp, model.shape)
-        for a, b in zip(blocked_profile(theta, dense_cp, model.shape), sparse):
+        sparse = blocked(theta, sparse_cp, model.shape)
+        for a, b in zip(blocked(theta, dense_cp, model.shape), sparse):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-11, atol=1e-11)
-        for a, b in zip(dense_profile(theta, model.arrays, model.shape), sparse):
+        for a, b in zip(dense(theta, model.arrays, model.shape), sparse):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-9)
 
 
