@@ -14,9 +14,9 @@ A stored program is found by a key over everything it was specialised on: the fu
 name, its static arguments (`repr`), the shapes and dtypes of the argument leaves and their
 tree structure, the versions of jax and jaxlib, the backend, and a hash of lmm_jax's own
 source files (a changed package never runs an old program). Static arguments whose `repr`
-is not stable across processes (a structure built from a user's function) are not stored:
-those calls take the plain path. Without the cache enabled, `cached_call` compiles the program
-ahead of time with `HOST_COMPILER_OPTIONS` (faster to compile) and keeps it for the process.
+is not stable across processes (a structure built from a user's function) are not stored.
+Such calls, and every call without the cache, `cached_call` compiles ahead of time with
+`HOST_COMPILER_OPTIONS` (faster to compile) and keeps for the process.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def source_fingerprint() -> str:
     return digest.hexdigest()
 
 
+def _leaf_signature(leaf) -> tuple:
+    """(shape, dtype name) of an argument leaf: what a compiled program is specialised on."""
+    return np.shape(leaf), str(getattr(leaf, "dtype", type(leaf).__name__))
+
+
 def program_key(function, args, static: dict) -> str | None:
     """The store key of `function(**args, **static)`, or None when it cannot be keyed."""
     described = repr(sorted(static.items()))
@@ -56,7 +61,7 @@ def program_key(function, args, static: dict) -> str | None:
         return None
     leaves, tree = jax.tree_util.tree_flatten(args)
     parts = [function.__module__, function.__qualname__, described, str(tree),
-             repr([(np.shape(leaf), str(getattr(leaf, "dtype", type(leaf).__name__))) for leaf in leaves]),
+             repr([_leaf_signature(leaf) for leaf in leaves]),
              jax.__version__,
              jaxlib.__version__, jax.default_backend(), str(jax.config.jax_enable_x64),
              source_fingerprint()]
@@ -106,20 +111,20 @@ _HOST_COMPILED: dict[tuple, object] = {}
 
 def cached_call(function, args: dict, static: dict):
     """function(**args, **static) called from the host: through a stored exported program
-    when the compilation cache is enabled (module docstring), else compiled ahead of time
-    with `HOST_COMPILER_OPTIONS` (once per process and argument shapes)."""
-    if cache_dir() is not None:
-        return compiled_call(function, args, static, compile_now=False,
-                             compiler_options=HOST_COMPILER_OPTIONS)(**args)
-    return _host_compiled(function, args, static)(**args)
+    when the compilation cache is enabled (module docstring), else (no cache, or a call that
+    cannot be stored) compiled ahead of time with `HOST_COMPILER_OPTIONS`, once per process
+    and argument shapes. Both compile with those options."""
+    key = _store_key(function, args, static, HOST_COMPILER_OPTIONS)
+    program = _host_compiled(function, args, static) if key is None else \
+        _stored_program(key, function, args, static, HOST_COMPILER_OPTIONS)
+    return program(**args)
 
 
 def _host_compiled(function, args: dict, static: dict):
     """The ahead-of-time compiled `function` for arguments shaped like `args`."""
     leaves, tree = jax.tree_util.tree_flatten(args)
     key = (function, tuple(sorted(static.items())), tree, jax.config.jax_enable_x64,
-           tuple((np.shape(leaf), str(getattr(leaf, "dtype", type(leaf).__name__)),
-                  bool(getattr(leaf, "weak_type", False))) for leaf in leaves))
+           tuple(_leaf_signature(leaf) + (bool(getattr(leaf, "weak_type", False)),) for leaf in leaves))
     if key not in _HOST_COMPILED:
         _HOST_COMPILED[key] = function.trace(**args, **static).lower().compile(HOST_COMPILER_OPTIONS)
     return _HOST_COMPILED[key]
@@ -132,12 +137,24 @@ def compiled_call(function, args: dict, static: dict, compile_now: bool = True,
     jitted `function`. `compile_now`: compile before returning (so threads that call it share
     one program); `compiler_options`: the ones `function` was jitted with, for the stored
     program's compile."""
-    key = program_key(function, args, dict(static, compiler_options=compiler_options)) \
-        if store and cache_dir() is not None else None
+    key = _store_key(function, args, static, compiler_options) if store else None
     if key is None:
         if compile_now:
             function.lower(**args, **static).compile()  # fills jit's cache for these shapes
         return lambda **kwargs: function(**kwargs, **static)
+    return _stored_program(key, function, args, static, compiler_options, compile_now)
+
+
+def _store_key(function, args: dict, static: dict, compiler_options: dict | None) -> str | None:
+    """The store key of the call when the compilation cache is enabled, else None."""
+    if cache_dir() is None:
+        return None
+    return program_key(function, args, dict(static, compiler_options=compiler_options))
+
+
+def _stored_program(key: str, function, args: dict, static: dict, compiler_options: dict | None,
+                    compile_now: bool = False):
+    """A function of keyword arguments that runs the stored program of `key` (`_load`)."""
     program, out_tree = _load(key, function, args, static, compiler_options)
     if compile_now:
         program.lower(*jax.tree_util.tree_leaves(args)).compile()
