@@ -65,8 +65,8 @@ class FitResult:
 
     def _post_fit_values(self):
         """(X'V₀⁻¹X)⁻¹, `RandomEffects`, fitted values and each term's ΛΛ' at the estimates."""
-        args = dict(arrays=self.model.arrays, theta=jax.numpy.asarray(self.params.theta),
-                    sigma2=jax.numpy.asarray(self.params.sigma2))
+        args = dict(arrays=self.model.arrays, theta=jax.device_put(self.params.theta),
+                    sigma2=jax.device_put(self.params.sigma2))
         return cached_call(_post_fit, args, dict(shape=self.model.shape))
 
     # ----- scalar summaries -------------------------------------------------------
