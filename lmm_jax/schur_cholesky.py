@@ -10,7 +10,7 @@ effects Z (q₂ rows) and T = [X y] (p + 1 rows). Of L the profiled criterion re
 G = S_ZZ⁻¹ S_ZT (q₂ x (p + 1)):
 
     d ½log|S_ZZ| = ½ tr(S_ZZ⁻¹ dS_ZZ)
-    d S_T·Z     = dS_TT - dS_TZ G - G' dS_ZT + G' dS_ZZ G
+    d S_T·Z     = dS_TT - dS_TZ G - G' dS_ZT + G' dS_ZZ G  =  P' dS P,   P = [-G; I]
     d L_TT      = L_TT Φ(L_TT⁻¹ d S_T·Z L_TT⁻ᵀ),   Φ: lower triangle, diagonal halved
 
 (dS symmetrised first, as JAX's own Cholesky rule does). All are linear in dS with
@@ -55,16 +55,20 @@ def schur_cholesky_parts(schur: jnp.ndarray, q2: int):
 
 @schur_cholesky_parts.defjvp
 def _schur_cholesky_parts_jvp(q2, primals, tangents):
+    """With P = [-G; I] (r x (p + 1)): d S_T·Z = sym(P' dS P), and ½ tr(S_ZZ⁻¹ dS_ZZ) reads
+    dS as it is (S_ZZ⁻¹ is symmetric, so it equals the trace with sym(dS)). Written so, the
+    rule's transpose (gradients) writes two r x r matrices, ½ S_ZZ⁻¹ scaled and the rank-
+    (p + 1) P c P', instead of the block slices, pads and transposes of symmetrising dS and
+    forming each block's term (InstEval, r = 1,159: gradient through the rule 146 -> 82 ms)."""
     (schur,), (d_schur,) = primals, tangents
-    d_schur = 0.5 * (d_schur + d_schur.T)
     factor = jnp.linalg.cholesky(schur)
     # two triangular solves: on XLA:CPU 1.3x faster than L⁻¹ and the product L⁻ᵀL⁻¹
     s_zz_inv = cho_solve((factor[:q2, :q2], True), jnp.eye(q2, dtype=schur.dtype))
     g = cho_solve((factor[:q2, :q2], True), schur[:q2, q2:])  # p + 1 columns: cheap
-    d_zz, d_tz = d_schur[:q2, :q2], d_schur[q2:, :q2]
-    d_tz_g = d_tz @ g
-    d_reduced = d_schur[q2:, q2:] - d_tz_g - d_tz_g.T + g.T @ d_zz @ g
+    projection = jnp.concatenate([-g, jnp.eye(schur.shape[0] - q2, dtype=schur.dtype)])
+    d_reduced = projection.T @ (d_schur @ projection)
+    d_reduced = 0.5 * (d_reduced + d_reduced.T)
     half_logdet_zz, l_tt = _read_factor(factor, q2)
     scaled = solve_triangular(l_tt, solve_triangular(l_tt, d_reduced, lower=True).T, lower=True)
     phi = jnp.tril(scaled) - 0.5 * jnp.diag(jnp.diag(scaled))
-    return (half_logdet_zz, l_tt), (0.5 * jnp.sum(s_zz_inv * d_zz), l_tt @ phi)
+    return (half_logdet_zz, l_tt), (0.5 * jnp.sum(s_zz_inv * d_schur[:q2, :q2]), l_tt @ phi)
