@@ -13,7 +13,7 @@ G = S_ZZ⁻¹ S_ZT (q₂ x (p + 1)):
     d S_T·Z     = dS_TT - dS_TZ G - G' dS_ZT + G' dS_ZZ G  =  P' dS P,   P = [-G; I]
     d L_TT      = L_TT Φ(L_TT⁻¹ d S_T·Z L_TT⁻ᵀ),   Φ: lower triangle, diagonal halved
 
-(dS symmetrised first, as JAX's own Cholesky rule does). All are linear in dS with
+(only dS's symmetric part counts, as in JAX's own Cholesky rule). All are linear in dS with
 primal-only coefficients, so JAX transposes the rule for gradients, and the rule is itself
 differentiable (Hessians, implicit derivatives). Autodiff
 through `jnp.linalg.cholesky` costs several r x r triangular solves and products per
