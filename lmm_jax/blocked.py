@@ -31,13 +31,13 @@ from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
 from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
 from .schur_cholesky import schur_factor_parts
-from .sparse_schur import SchurPairs, pair_products, sparse_zz_block
+from .sparse_schur import SchurPairs, entry_values, pair_products, sparse_z_rest_block, sparse_zz_block
 
 
 class CrossProducts(NamedTuple):
     """Z₁'WZ₁ per level (m₁, p₁, p₁), Z₁'WR per level (m₁, p₁, r), R'WR (r, r), Σ log wᵢ,
-    and the sparse pairs of B'B's Z block with their products (`sparse_schur.py`; None:
-    form it densely)."""
+    and the sparse pairs of B'B's Z block with their products and C_Z's non-zero entries
+    (`sparse_schur.py`; None: form it densely)."""
 
     z1tz1: jnp.ndarray
     z1tr: jnp.ndarray
@@ -45,6 +45,7 @@ class CrossProducts(NamedTuple):
     sum_log_weights: jnp.ndarray
     pairs: SchurPairs | None = None
     pair_products: jnp.ndarray | None = None
+    z_entries: jnp.ndarray | None = None
 
 
 class BlockedFactor(NamedTuple):
@@ -85,8 +86,11 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
     log_w = jnp.log(jnp.where(w > 0, w, 1.0))  # rows of weight 0 (padding) are not observations
     z1tr = jnp.concatenate(z1tr, axis=2)
     pairs = arrays.schur_pairs
-    products = None if pairs is None else pair_products(z1tr[:, :, :rest_size(shape)], pairs)
-    return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w), pairs, products)
+    if pairs is None:
+        return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w))
+    c_z = z1tr[:, :, :rest_size(shape)]
+    return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w), pairs, pair_products(c_z, pairs),
+                         entry_values(c_z, pairs))
 
 
 def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):
@@ -154,9 +158,9 @@ def _lambda_both(matrix: jnp.ndarray, lams: list, n_levels: tuple[int, ...]) -> 
 
 def _sparse_c_q_c(q: jnp.ndarray, cp: CrossProducts, q2: int) -> jnp.ndarray:
     """Σ_l C_l'Q_l C_l (r x r) with C_l = (Z₁'WR)_l: its Z block from the sparse pairs."""
-    c_z, c_xy = cp.z1tr[:, :, :q2], cp.z1tr[:, :, q2:]
+    c_xy = cp.z1tr[:, :, q2:]
     q_c_xy = jnp.einsum("lab,lbc->lac", q, c_xy)
-    zxy = jnp.einsum("lai,lac->ic", c_z, q_c_xy)
+    zxy = sparse_z_rest_block(q_c_xy, cp.z_entries, cp.pairs, q2)
     return jnp.block([[sparse_zz_block(q, cp.pair_products, cp.pairs, q2), zxy],
                       [zxy.T, jnp.einsum("lac,lad->cd", c_xy, q_c_xy)]])
 

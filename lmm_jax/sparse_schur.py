@@ -21,7 +21,8 @@ With C_l = (Z₁'WR)_l (p₁ x r, formed once per fit) and E_l = L₁₁,l⁻¹�
 so B'B = Λᵣ' [Σ_l C_l' Q_l C_l] Λᵣ with Q_l = E_l'E_l = Λ₁ (Λ₁'Z₁'WZ₁Λ₁ + I)_l⁻¹ Λ₁'
 (p₁ x p₁). Only Q depends on θ: `pair_products` forms C_l,Zi C_l,Zj' for every pair once
 per fit, and `sparse_zz_block` sums ⟨Q_l, C_l,Zi C_l,Zj'⟩ over the pairs at each θ (a
-gather of the m₁ tiny Q_l, a product and a sorted segment sum), without forming B.
+gather of the m₁ tiny Q_l, a product and a sorted segment sum), without forming B. The
+Z-by-[X y] block Σ_l C_l,Z' Q_l C_l,XY likewise sums over C_Z's non-zero entries only.
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ MIN_SAVING = 8.0  # use the pairs when the dense product does this many times mo
 
 class SchurPairs(NamedTuple):
     """Flat pair lists: level of term 1, and row/column (i ≥ j) in the q₂ x q₂ block,
-    sorted by (row, column)."""
+    sorted by (row, column); and the non-zero columns of each C_l,Z as flat (level, column)
+    entry lists, sorted by column."""
 
     level: jnp.ndarray
     row: jnp.ndarray
     col: jnp.ndarray
+    entry_level: jnp.ndarray
+    entry_column: jnp.ndarray
 
 
 def _columns_per_level(design):
@@ -84,13 +88,28 @@ def schur_pairs(design) -> SchurPairs | None:
         cols.append(cols_of[:, j].ravel())
     pair_level, rows, cols = (np.concatenate(parts) for parts in (pair_level, rows, cols))
     order = np.argsort(rows.astype(np.int64) * q2 + cols, kind="stable")  # the segment sum writes in order
-    as_int = (lambda values: jnp.asarray(values[order], jnp.int32))
-    return SchurPairs(as_int(pair_level), as_int(rows), as_int(cols))
+    by_column = np.argsort(columns, kind="stable")
+    as_int = (lambda values: jnp.asarray(values, jnp.int32))
+    return SchurPairs(as_int(pair_level[order]), as_int(rows[order]), as_int(cols[order]),
+                      as_int(owners[by_column]), as_int(columns[by_column]))
 
 
 def pair_products(c_z: jnp.ndarray, pairs: SchurPairs) -> jnp.ndarray:
     """C_l,Zi C_l,Zj' (p₁ x p₁) for every pair (l, i, j), from C_Z (m₁, p₁, q₂): once per fit."""
     return c_z[pairs.level, :, pairs.row][:, :, None] * c_z[pairs.level, :, pairs.col][:, None, :]
+
+
+def entry_values(c_z: jnp.ndarray, pairs: SchurPairs) -> jnp.ndarray:
+    """C_l,Zi (p₁) at every non-zero entry (l, i) of C_Z (m₁, p₁, q₂): once per fit."""
+    return c_z[pairs.entry_level, :, pairs.entry_column]
+
+
+def sparse_z_rest_block(q_c_rest: jnp.ndarray, entries: jnp.ndarray, pairs: SchurPairs, q2: int) -> jnp.ndarray:
+    """Σ_l C_l,Z' (Q_l C_l,XY) (q₂ x (p + 1)) from Q_l C_l,XY (m₁, p₁, p + 1) and the
+    `entry_values`: a sum over the non-zero entries of C_Z (InstEval: 9·10⁴ of 3.4·10⁶)
+    instead of a product with C_Z stored densely (15 ms a value, 17 ms more a gradient)."""
+    terms = jnp.einsum("ea,eac->ec", entries, q_c_rest[pairs.entry_level])
+    return jax.ops.segment_sum(terms, pairs.entry_column, q2, indices_are_sorted=True)
 
 
 def sparse_zz_block(q: jnp.ndarray, products: jnp.ndarray, pairs: SchurPairs, q2: int) -> jnp.ndarray:
