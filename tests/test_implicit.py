@@ -15,6 +15,7 @@ import pytest
 import lmm_jax
 from lmm_jax.arrays import bounded_mask
 from lmm_jax.blocked import blocked_profile, cross_products
+from lmm_jax.exported_programs import HOST_COMPILER_OPTIONS
 from lmm_jax.implicit import conditional_modes, estimates_at_optimum
 
 from conftest import load_case
@@ -139,18 +140,22 @@ def test_jit_vmap_and_reverse_mode(sleepstudy_model):
     ys = y + 5.0 * jnp.asarray(rng.normal(size=(3,) + y.shape))
     direction = jnp.asarray(rng.normal(size=y.shape))
 
-    @jax.jit
+    # three large programs: compiled with the package's faster-compiling host options (what
+    # is checked is how jit, vmap and the derivative rules compose, not XLA's defaults)
+    jit = partial(jax.jit, compiler_options=HOST_COMPILER_OPTIONS)
+
     def tangent_along(y):  # the whole differentiable fit, optimiser included
         return jax.jvp(lambda v: _concatenated(model.with_arrays(v), model.shape, model.fit_params(v)),
                        (y,), (direction,))
 
-    looped = [tangent_along(v) for v in ys]
-    batched = jax.jit(jax.vmap(tangent_along))(ys)
+    single = jit(tangent_along)
+    looped = [single(v) for v in ys]
+    batched = jit(jax.vmap(tangent_along))(ys)
     for i, (value, tangent) in enumerate(looped):
         np.testing.assert_allclose(batched[0][i], value, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(batched[1][i], tangent, rtol=1e-6, atol=1e-10)
 
-    gradient = jax.jit(jax.grad(lambda v: model.fit_params(v).sigma2))
+    gradient = jit(jax.grad(lambda v: model.fit_params(v).sigma2))
     sigma2_index = model.shape.n_theta + X.shape[1]
     np.testing.assert_allclose(gradient(ys[0]) @ direction, looped[0][1][sigma2_index], rtol=1e-8)
 
