@@ -60,11 +60,16 @@ class FitParams(NamedTuple):
     residual: jnp.ndarray | None = None  # R-side parameters, unconstrained (`residual_model.py`)
 
 
+def to_device(host_array) -> jnp.ndarray:
+    """A host array copied to the default device as it is. `jnp.asarray` would compile a
+    conversion program per shape (~10-20 ms each in a cold process such as the CLI's), and a
+    plain `jax.device_put` may alias the host buffer on a CPU (seen for int32 codes), so a
+    later change to that buffer (a user's frame column) would change the model's arrays."""
+    return jax.device_put(host_array, may_alias=False)
+
+
 def make_arrays(design: Design) -> ModelArrays:
-    """The design's host arrays on the default device. `jax.device_put` copies them as they
-    are; `jnp.asarray` would compile a conversion program per shape (~10-20 ms each in a
-    cold process such as the CLI's)."""
-    to_device = jax.device_put
+    """The design's host arrays on the default device (`to_device`)."""
     return ModelArrays(to_device(design.y), to_device(design.X), to_device(design.weights),
                        tuple(to_device(t.codes) for t in design.terms),
                        tuple(to_device(t.values) for t in design.terms), schur_pairs(design))
@@ -262,7 +267,7 @@ class Model:
                    known_scale)
 
     def initial_theta(self) -> jnp.ndarray:
-        return jax.device_put(self.shape.initial_theta())  # no conversion program (`make_arrays`)
+        return to_device(self.shape.initial_theta())
 
     def with_arrays(self, y=None, X=None, weights=None) -> ModelArrays:
         """The model's arrays with y, X or the prior weights replaced (shapes must match)."""

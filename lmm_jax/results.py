@@ -22,6 +22,7 @@ from .arrays import ModelArrays, ModelShape, relative_factors
 from .known_covariance import report_arrays
 from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
 from .exported_programs import cached_call
+from .model import to_device
 from .newton import STATUS_MESSAGES
 
 
@@ -65,8 +66,8 @@ class FitResult:
 
     def _post_fit_values(self):
         """(X'V₀⁻¹X)⁻¹, `RandomEffects`, fitted values and each term's ΛΛ' at the estimates."""
-        args = dict(arrays=self.model.arrays, theta=jax.device_put(self.params.theta),
-                    sigma2=jax.device_put(self.params.sigma2))
+        args = dict(arrays=self.model.arrays, theta=to_device(self.params.theta),
+                    sigma2=to_device(self.params.sigma2))
         return cached_call(_post_fit, args, dict(shape=self.model.shape))
 
     # ----- scalar summaries -------------------------------------------------------
