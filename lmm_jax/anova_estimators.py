@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .anova_forms import block_matrix, projection_forms, solve_moments
+from .arrays import to_device
 from .design import Design, build_design
 
 METHODS = ("henderson1", "henderson3")
@@ -102,9 +103,9 @@ def design_estimates(design: Design, method: str = "henderson3",
         _check_intercept_only(design)
     column_sets, term_columns = _column_sets(design, terms, method)
     contrasts = _contrasts(terms, method)
-    W = block_matrix(jnp.asarray(design.X), tuple(jnp.asarray(t.codes) for t in terms),
+    W = block_matrix(to_device(design.X), tuple(to_device(t.codes) for t in terms),
                      tuple(t.n_levels for t in terms))
-    forms = projection_forms(W, jnp.asarray(design.y), column_sets, term_columns)
+    forms = projection_forms(W, to_device(design.y), column_sets, term_columns)
     sources = [t.name for t in terms] + [RESIDUAL]
     _check_df(np.asarray(contrasts @ forms.trace), sources)
     table = solve_moments(forms, contrasts)

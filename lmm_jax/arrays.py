@@ -17,6 +17,14 @@ import numpy as np
 from .structures import CovarianceStructure
 
 
+def to_device(host_array) -> jnp.ndarray:
+    """A host array copied to the default device as it is. `jnp.asarray` would compile a
+    conversion program per shape (~10-20 ms each in a cold process such as the CLI's), and a
+    plain `jax.device_put` may alias the host buffer on a CPU (seen for int32 codes), so a
+    later change to that buffer (a user's frame column) would change the model's arrays."""
+    return jax.device_put(host_array, may_alias=False)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """Static description of a model: term sizes, their structures and the criterion.

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _config  # noqa: F401  (float64)
 from . import single_term_derivatives
-from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta
+from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device
 from .blocked import blocked_profile, cross_products, rest_size
 from .dense import dense_profile
 from .design import Design, build_design
@@ -58,14 +58,6 @@ class FitParams(NamedTuple):
     status: jnp.ndarray
     singular: jnp.ndarray
     residual: jnp.ndarray | None = None  # R-side parameters, unconstrained (`residual_model.py`)
-
-
-def to_device(host_array) -> jnp.ndarray:
-    """A host array copied to the default device as it is. `jnp.asarray` would compile a
-    conversion program per shape (~10-20 ms each in a cold process such as the CLI's), and a
-    plain `jax.device_put` may alias the host buffer on a CPU (seen for int32 codes), so a
-    later change to that buffer (a user's frame column) would change the model's arrays."""
-    return jax.device_put(host_array, may_alias=False)
 
 
 def make_arrays(design: Design) -> ModelArrays:

@@ -18,11 +18,10 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .arrays import ModelArrays, ModelShape, relative_factors
+from .arrays import ModelArrays, ModelShape, relative_factors, to_device
 from .known_covariance import report_arrays
 from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
 from .exported_programs import cached_call
-from .model import to_device
 from .newton import STATUS_MESSAGES
 
 

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .arrays import to_device
+
 MIN_REST_SIZE = 64  # q₂ below this: the dense product is cheap, keep it
 MIN_SAVING = 8.0  # use the pairs when the dense product does this many times more work
 
@@ -89,7 +91,7 @@ def schur_pairs(design) -> SchurPairs | None:
     pair_level, rows, cols = (np.concatenate(parts) for parts in (pair_level, rows, cols))
     order = np.argsort(rows.astype(np.int64) * q2 + cols, kind="stable")  # the segment sum writes in order
     by_column = np.argsort(columns, kind="stable")
-    as_int = (lambda values: jnp.asarray(values, jnp.int32))
+    as_int = (lambda values: to_device(values.astype(np.int32)))
     return SchurPairs(as_int(pair_level[order]), as_int(rows[order]), as_int(cols[order]),
                       as_int(owners[by_column]), as_int(columns[by_column]))
 
