@@ -7,7 +7,7 @@
 The fit minimises the profiled deviance (`likelihood.profiled_deviance`) over θ with a
 trust-region Newton method using the exact Hessian, starting from lme4's θ₀ (identity
 factors); large crossed designs use a BFGS Hessian from a searched start instead
-(`optimizer_hessian`, `term_scale_search`). Afterwards θ is put in canonical form
+(`optimizer_hessian`, `start_search.py`). Afterwards θ is put in canonical form
 (non-negative diagonals), and factor diagonals near zero are tried at exactly zero, with
 the other parameters re-optimised; that boundary point is kept when its deviance is no
 worse (a singular fit, reported).
@@ -39,6 +39,7 @@ from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profi
 from .loop_carries import data_reference, tied_to
 from .newton import OptimResult, minimize
 from .sparse_schur import schur_pairs
+from .start_search import term_scale_search
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
 BOUNDARY_CANDIDATE = 1e-2  # bounded θ entries below this are tried at exactly zero
@@ -128,7 +129,7 @@ def optimizer_hessian(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
     """"exact" (`newton.minimize`'s default), or "bfgs" for a model whose blocked Schur
     complement has r ≥ `QUASI_NEWTON_MIN_REST` rows. On large crossed designs an exact
     Hessian by autodiff through the dense r x r factor costs ~10 gradients (InstEval: 2.3
-    against 0.25 s), while BFGS from `term_scale_search`'s start needs 8 iterations plus 3
+    against 0.25 s), while BFGS from `term_scale_search`'s start needs 4 iterations plus 3
     difference probes where exact Newton needed 14. Decided from static shapes."""
     r = rest_size(shape) + arrays.X.shape[1] + 1
     return "bfgs" if evaluator == "blocked" and r >= QUASI_NEWTON_MIN_REST else "exact"
@@ -142,38 +143,6 @@ def closed_form_derivatives(arrays: ModelArrays, shape: ModelShape, evaluator: s
         return None
     return single_term_derivatives.value_grad_hess_function(
         arrays, shape, lambda profiled: criterion(profiled, arrays, shape))
-
-
-MAX_HALVINGS = 6  # the start search tries each term's factor down to 2⁻⁶ of lme4's θ₀
-
-
-def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
-    """A start for BFGS from criterion values alone: for each term in turn, halve its θ
-    block (Λ_k -> Λ_k / 2) while the criterion decreases, up to `MAX_HALVINGS` times.
-
-    lme4's θ₀ (identity factors) can lie where the criterion is concave in a term's θ (a
-    term with few levels and a large relative variance: InstEval's dept:service at θ = 1,
-    true 0.09); quasi-Newton steps crawl there. A value costs ~1/5 of a gradient on large
-    models, so ~10 values that land in the convex basin save many BFGS iterations.
-    """
-    index = np.arange(shape.n_theta)
-    masks = jnp.asarray(np.stack([(index >= sl.start) & (index < sl.stop) for sl in shape.theta_slices()]))
-
-    def keep_halving(state):
-        return state[0] < masks.shape[0]
-
-    def try_halving(state):
-        """term -1 evaluates x0 itself (one traced criterion serves the whole search)."""
-        term, halvings, x, fx = state
-        trial = jnp.where(masks[jnp.maximum(term, 0)] & (term >= 0), 0.5 * x, x)
-        f_trial = deviance(trial)
-        better = f_trial < fx
-        stay = (term >= 0) & better & (halvings + 1 < MAX_HALVINGS)
-        return (jnp.where(stay, term, term + 1), jnp.where(stay, halvings + 1, 0),
-                jnp.where(better, trial, x), jnp.where(better, f_trial, fx))
-
-    start = tied_to((jnp.asarray(-1), jnp.asarray(0), x0, jnp.asarray(jnp.inf, x0.dtype)), jnp.sum(x0))
-    return jax.lax.while_loop(keep_halving, try_halving, start)[2]
 
 
 def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int,

@@ -14,9 +14,9 @@ import lmm_jax
 from lmm_jax.blocked import blocked_profile, cross_products, rest_size
 from lmm_jax.dense import dense_profile
 from lmm_jax.arrays import bounded_mask, canonical_theta
-from lmm_jax.model import (deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian,
-                           term_scale_search)
+from lmm_jax.model import deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian
 from lmm_jax.schur_cholesky import MIN_REST_SIZE, schur_cholesky_parts
+from lmm_jax.start_search import term_scale_search
 from test_sparse_schur import FORMULA, crossed_frame
 
 Q2, T = 9, 3

@@ -1,0 +1,60 @@
+"""The quasi-Newton start (`start_search.py`): halvings per term, then the log-scale parabola."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmm_jax.start_search import MAX_HALVINGS, log_parabola_minimum, term_scale_search
+
+
+def fake_shape(sizes):
+    """The two things the search reads of a `ModelShape`: θ's length and each term's slice."""
+    starts = np.cumsum([0] + sizes)
+    return SimpleNamespace(n_theta=int(starts[-1]),
+                           theta_slices=lambda: [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])])
+
+
+def test_log_parabola_minimum_is_exact_for_a_parabola():
+    u = np.array([1.0, 0.0, -1.0])
+    f_up, f_best, f_down = (u - 0.3) ** 2
+    assert float(log_parabola_minimum(f_up, f_best, f_down)) == pytest.approx(0.3, abs=1e-15)
+    assert float(log_parabola_minimum(2.0, 1.0, 0.5)) == 0.0  # not bracketed: no shift
+    assert float(log_parabola_minimum(1.0, 1.0, 1.0)) == 0.0  # flat: no shift
+
+
+def scale_of(x, block):
+    """A term's scale: the root mean square of its θ block (1 at x0 = ones)."""
+    return jnp.linalg.norm(x[block]) / np.sqrt(block.stop - block.start)
+
+
+def test_search_reaches_the_minimum_of_a_quadratic_in_log_scale():
+    """Each term's criterion a parabola in log₂ of its scale: where the halvings bracket the
+    minimum the refined start is exact; a term whose first halving rises stays at x0, one
+    still falling after `MAX_HALVINGS` halvings stays at 2⁻⁶ x0."""
+    shape = fake_shape([1, 3, 1, 1])
+    blocks = shape.theta_slices()
+    targets = np.array([0.3, 0.2, 0.8, 0.001])  # term 1: the scale of a 3-parameter block
+
+    def deviance(x):
+        logs = jnp.stack([jnp.log2(scale_of(x, b)) for b in blocks])
+        return jnp.sum((logs - np.log2(targets)) ** 2)
+
+    x0 = jnp.ones(6)
+    start = np.asarray(jax.jit(lambda x: term_scale_search(deviance, x, shape))(x0))
+    expected_scales = [0.3, 0.2, 1.0, 2.0 ** -MAX_HALVINGS]
+    np.testing.assert_allclose([float(scale_of(start, b)) for b in blocks], expected_scales, rtol=1e-12)
+    np.testing.assert_allclose(start[1:4], start[1], rtol=1e-15)  # a block scales as a whole
+
+
+def test_search_keeps_the_halved_point_when_the_parabola_misleads():
+    """A convex criterion with a kink at its minimum θ = 1/2: the parabola's least point is
+    worse there than the bracketing value, so the start stays at 1/2."""
+    def deviance(x):
+        u = jnp.log2(x[0]) + 1.0
+        return 1.0 + jnp.where(u >= 0, 9.0, 4.0) * u ** 2
+
+    start = jax.jit(lambda x: term_scale_search(deviance, x, fake_shape([1])))(jnp.ones(1))
+    assert float(start[0]) == 0.5
