@@ -101,7 +101,7 @@ def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: in
 
     static = dict(static, batch_size=batch_size, mesh=mesh)
     with precision(dtype):
-        # stored programs (`exported_programs.py`) only unsharded: a sharded export is tied
+        # stored programs (`exported_programs.py`) only unsharded: a sharded program is tied
         # to its devices
         program = compiled_call(function, dict(consts, items=chunk(0)), static,
                                 compiler_options=compiler_options, store=mesh is None)

@@ -8,8 +8,8 @@ REML/ML), which takes seconds on a CPU, far longer than the fit itself. With the
 every compiled program is written to the folder, and a later process that needs the same
 program loads it instead of compiling (the command line does this by default). The cache
 is JAX's own (`jax_compilation_cache_dir`), so it holds the user's other JAX programs too;
-nothing is cached until this is called. lmm_jax also stores its traced fit programs there
-(`exported_programs.py`), so that a new process skips tracing as well.
+nothing is cached until this is called. lmm_jax also stores its compiled fit programs there
+(`exported_programs.py`), so that a new process skips tracing and lowering as well.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ np.save(sys.argv[2], np.column_stack([out.beta, out.se, out.theta, out.loglik]))
 
 
 def test_batch_through_stored_programs_equals_plain(tmp_path):
-    """With the compilation cache on, fit_batch's chunks run the stored exported program
+    """With the compilation cache on, fit_batch's chunks run the stored compiled program
     (`exported_programs.py`), in this process and, loaded, in the next: same numbers."""
     import os
     import subprocess
@@ -113,6 +113,6 @@ def test_batch_through_stored_programs_equals_plain(tmp_path):
         subprocess.run([sys.executable, "-c", code, str(cache), str(target)], env=env, check=True)
         outputs.append(np.load(target))
         if cache != "-":
-            assert len(list((tmp_path / "cache" / "lmm_jax_exports").glob("*.bin"))) == 1
+            assert len(list((tmp_path / "cache" / "lmm_jax_programs").glob("*.exe"))) == 1
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-12)
     np.testing.assert_array_equal(outputs[2], outputs[1])

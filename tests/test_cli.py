@@ -30,27 +30,44 @@ def test_cli_reports_bad_formula(capsys):
     assert "column 'Subjec'" in capsys.readouterr().err
 
 
-def test_cli_stores_traced_programs_and_reuses_them(tmp_path):
-    """A second process loads the exported fit programs (no tracing) and prints the same fit."""
+def run_cli(*options, formula="Reaction ~ Days + (Days | Subject)"):
+    """The command line's output in a fresh process."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    formula = "Reaction ~ Days + (Days | Subject)"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "lmm_jax.cli", "fit", "sleepstudy", formula, *options],
+                         env=env, capture_output=True, text=True, check=True)
+    return out.stdout
 
-    def run(*options):
-        out = subprocess.run([sys.executable, "-m", "lmm_jax.cli", "fit", "sleepstudy", formula, *options],
-                             env=env, capture_output=True, text=True, check=True)
-        return out.stdout
 
+def test_cli_stores_compiled_programs_and_reuses_them(tmp_path):
+    """A second process loads the stored compiled fit programs (no tracing or compiling) and
+    prints the same fit."""
+    run = run_cli
     plain = run("--no-cache")
     first = run("--cache-dir", str(tmp_path))
-    stored = sorted((tmp_path / "lmm_jax_exports").glob("*.bin"))
+    stored = sorted((tmp_path / "lmm_jax_programs").glob("*.exe"))
     assert len(stored) == 2  # the fit and the summaries' program
     stamps = [p.stat().st_mtime_ns for p in stored]
     second = run("--cache-dir", str(tmp_path))
-    assert [p.stat().st_mtime_ns for p in stored] == stamps  # loaded, not exported again
+    assert [p.stat().st_mtime_ns for p in stored] == stamps  # loaded, not compiled and stored again
     assert first == plain and second == plain
+
+
+def test_cli_after_the_program_store_was_deleted(tmp_path):
+    """With JAX's cache kept and lmm_jax's stored programs deleted, the programs come from
+    JAX's cache, whose executables are not stored again (they would run without their
+    kernels in the next process): both later processes print the same fit."""
+    import shutil
+
+    formula = "Reaction ~ Days + (1 | Subject)"
+    plain = run_cli("--no-cache", formula=formula)
+    run_cli("--cache-dir", str(tmp_path), formula=formula)
+    shutil.rmtree(tmp_path / "lmm_jax_programs")
+    outputs = [run_cli("--cache-dir", str(tmp_path), formula=formula) for _ in range(2)]
+    assert not list((tmp_path / "lmm_jax_programs").glob("*.exe"))
+    assert outputs == [plain, plain]
