@@ -212,6 +212,7 @@ class Model:
         self.shape = make_shape(design, self.method, known_scale)
         self.arrays = make_arrays(design)
         self.data_name = data_name
+        self._initial_theta = None  # `initial_theta`, copied to the device on first use
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
@@ -228,7 +229,11 @@ class Model:
                    known_scale)
 
     def initial_theta(self) -> jnp.ndarray:
-        return to_device(self.shape.initial_theta())
+        """lme4's θ₀ (identity factors), on the device: copied there once per model (a copy
+        per call took ~0.08 ms of a warm sleepstudy `fit_params`'s 0.3 ms)."""
+        if self._initial_theta is None:
+            self._initial_theta = to_device(self.shape.initial_theta())
+        return self._initial_theta
 
     def with_arrays(self, y=None, X=None, weights=None) -> ModelArrays:
         """The model's arrays with y, X or the prior weights replaced (shapes must match)."""
