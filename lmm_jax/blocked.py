@@ -186,10 +186,20 @@ def profile_from_schur(l11: jnp.ndarray, schur: jnp.ndarray, cp: CrossProducts, 
 
 def blocked_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> jnp.ndarray:
     """(X'V₀⁻¹X)⁻¹ = (L_XX L_XX')⁻¹; times σ² it is the covariance of β̂."""
-    factor = blocked_factor(theta, cp, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
+    return _xtvx_inverse_from_factor(blocked_factor(theta, cp, shape), shape)
+
+
+def _xtvx_inverse_from_factor(factor: BlockedFactor, shape: ModelShape) -> jnp.ndarray:
+    q2, r = rest_size(shape), factor.l22.shape[0]
     l_inv = solve_triangular(factor.l22[q2:r - 1, q2:r - 1], jnp.eye(r - 1 - q2), lower=True)
     return l_inv.T @ l_inv
+
+
+def blocked_summaries(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape, sigma2):
+    """((X'V₀⁻¹X)⁻¹, `RandomEffects`) at θ from one blocked factor: a fit's summaries, which
+    factored the 1,159² Schur complement of InstEval three times before (with β̂'s profile)."""
+    factor = blocked_factor(theta, cp, shape)
+    return _xtvx_inverse_from_factor(factor, shape), _random_effects_from_factor(factor, theta, shape, sigma2)
 
 
 class RandomEffects(NamedTuple):
@@ -202,9 +212,12 @@ class RandomEffects(NamedTuple):
 
 def blocked_random_effects(theta, cp: CrossProducts, shape: ModelShape, sigma2) -> RandomEffects:
     """Conditional modes and conditional covariances of the random effects at θ."""
-    factor = blocked_factor(theta, cp, shape)
+    return _random_effects_from_factor(blocked_factor(theta, cp, shape), theta, shape, sigma2)
+
+
+def _random_effects_from_factor(factor: BlockedFactor, theta, shape: ModelShape, sigma2) -> RandomEffects:
     lams = relative_factors(theta, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
+    q2, r = rest_size(shape), factor.l22.shape[0]
     l_top = factor.l22[:r - 1, :r - 1]
     rest_solution = solve_triangular(l_top, factor.l22[-1, :r - 1], lower=True, trans="T")
     rhs1 = factor.b[:, :, -1] - jnp.einsum("lir,r->li", factor.b[:, :, :r - 1], rest_solution)

@@ -26,7 +26,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from .arrays import ModelArrays, ModelShape
-from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
+from .blocked import blocked_profile, blocked_summaries, cross_products
 from .dense import dense_z_lambda, profile_from_v0
 from .group_linalg import loop_cholesky, loop_solve_lower
 from .likelihood import Profiled
@@ -155,8 +155,8 @@ def residual_post_fit(x, arrays: ModelArrays, res: ResidualArrays, shape: Residu
         return jnp.linalg.inv(white.X.T @ white.X), None, arrays.X @ profiled.beta
     theta, _, _ = shape.split(x)
     cp = cross_products(white, shape.model)
-    effects = blocked_random_effects(theta, cp, shape.model, sigma2)
+    xtvx_inv, effects = blocked_summaries(theta, cp, shape.model, sigma2)
     fitted = arrays.X @ blocked_profile(theta, cp, shape.model).beta
     for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
         fitted = fitted + (values * modes[codes]).sum(axis=1)
-    return blocked_xtvx_inverse(theta, cp, shape.model), effects, fitted
+    return xtvx_inv, effects, fitted

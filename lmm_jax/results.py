@@ -20,20 +20,21 @@ import pandas as pd
 
 from .arrays import ModelArrays, ModelShape, relative_factors, to_device
 from .known_covariance import report_arrays
-from .blocked import blocked_profile, blocked_random_effects, blocked_xtvx_inverse, cross_products
+from .blocked import blocked_summaries, cross_products
 from .exported_programs import cached_call
 from .newton import STATUS_MESSAGES
 
 
 @partial(jax.jit, static_argnames=("shape",))
-def _post_fit(arrays: ModelArrays, shape: ModelShape, theta, sigma2):
-    cp = cross_products(arrays, shape)
-    effects = blocked_random_effects(theta, cp, shape, sigma2)
-    fitted = arrays.X @ blocked_profile(theta, cp, shape).beta
+def _post_fit(arrays: ModelArrays, shape: ModelShape, theta, beta, sigma2):
+    """(X'V₀⁻¹X)⁻¹, `RandomEffects`, the fitted values Xβ̂ + Zb̂ and each term's ΛΛ' at the
+    estimates (θ̂, β̂, σ̂²)."""
+    xtvx_inv, effects = blocked_summaries(theta, cross_products(arrays, shape), shape, sigma2)
+    fitted = arrays.X @ beta
     for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
         fitted = fitted + (values * modes[codes]).sum(axis=1)
     covariances = [lam @ lam.T for lam in relative_factors(theta, shape)]
-    return blocked_xtvx_inverse(theta, cp, shape), effects, fitted, covariances
+    return xtvx_inv, effects, fitted, covariances
 
 
 class FitResult:
@@ -66,7 +67,7 @@ class FitResult:
     def _post_fit_values(self):
         """(X'V₀⁻¹X)⁻¹, `RandomEffects`, fitted values and each term's ΛΛ' at the estimates."""
         args = dict(arrays=self.model.arrays, theta=to_device(self.params.theta),
-                    sigma2=to_device(self.params.sigma2))
+                    beta=to_device(self.params.beta), sigma2=to_device(self.params.sigma2))
         return cached_call(_post_fit, args, dict(shape=self.model.shape))
 
     # ----- scalar summaries -------------------------------------------------------
