@@ -232,7 +232,8 @@ class Model:
         """lme4's θ₀ (identity factors), on the device: copied there once per model (a copy
         per call took ~0.08 ms of a warm sleepstudy `fit_params`'s 0.3 ms)."""
         if self._initial_theta is None:
-            self._initial_theta = to_device(self.shape.initial_theta())
+            with jax.ensure_compile_time_eval():  # a concrete array even when first asked for
+                self._initial_theta = to_device(self.shape.initial_theta())  # inside a trace
         return self._initial_theta
 
     def with_arrays(self, y=None, X=None, weights=None) -> ModelArrays:

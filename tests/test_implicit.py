@@ -297,3 +297,12 @@ def test_influence_group_deletion_on_unbalanced_design():
     error, fixed_error = (np.linalg.norm(a - LME4_DELETION) / size for a in (approx, fixed))
     assert error < 0.1 and error < 0.8 * fixed_error, (error, fixed_error)
     assert np.max(np.abs(approx - LME4_DELETION) / result.se.to_numpy()) < 0.1
+
+
+def test_fit_params_first_called_inside_jit():
+    """A model whose first `fit_params` call is traced (inside `jax.jit`) fits the same
+    outside afterwards: its cached θ₀ is a concrete array, not the trace's tracer."""
+    data = lmm_jax.datasets.load("sleepstudy")
+    model = lmm_jax.Model.from_formula("Reaction ~ Days + (1 | Subject)", data)
+    traced = jax.jit(lambda y: model.fit_params(y).theta)(model.arrays.y)
+    np.testing.assert_allclose(model.fit_params().theta, traced, rtol=1e-12)
