@@ -146,17 +146,15 @@ def dense_residual_profile(x, arrays: ModelArrays, res: ResidualArrays, shape: R
     return profile_from_v0(v0, arrays)
 
 
-def residual_post_fit(x, arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape, sigma2):
+def residual_post_fit(x, arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape, beta, sigma2):
     """(X'V₀⁻¹X)⁻¹, the random effects (`blocked.RandomEffects` or None) and the fitted
-    values Xβ̂ + Zb̂ on the original rows, at x."""
+    values Xβ̂ + Zb̂ on the original rows, at the estimates (x, β̂, σ̂²)."""
     white, _ = whiten(x, arrays, res, shape)
+    fitted = arrays.X @ beta
     if not shape.model.n_levels:
-        profiled = gls_profile(white)
-        return jnp.linalg.inv(white.X.T @ white.X), None, arrays.X @ profiled.beta
+        return jnp.linalg.inv(white.X.T @ white.X), None, fitted
     theta, _, _ = shape.split(x)
-    cp = cross_products(white, shape.model)
-    xtvx_inv, effects = blocked_summaries(theta, cp, shape.model, sigma2)
-    fitted = arrays.X @ blocked_profile(theta, cp, shape.model).beta
+    xtvx_inv, effects = blocked_summaries(theta, cross_products(white, shape.model), shape.model, sigma2)
     for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
         fitted = fitted + (values * modes[codes]).sum(axis=1)
     return xtvx_inv, effects, fitted

@@ -126,8 +126,8 @@ class ResidualModel(Model):
 
 
 @partial(jax.jit, static_argnames=("shape",))
-def _post_fit(arrays, res, shape: ResidualShape, x, sigma2):
-    xtvx_inv, effects, fitted = residual_post_fit(x, arrays, res, shape, sigma2)
+def _post_fit(arrays, res, shape: ResidualShape, x, beta, sigma2):
+    xtvx_inv, effects, fitted = residual_post_fit(x, arrays, res, shape, beta, sigma2)
     theta, _, _ = shape.split(x)
     rel = [lam @ lam.T for lam in relative_factors(theta, shape.model)] if shape.model.n_levels else []
     return xtvx_inv, effects, fitted, rel
@@ -142,7 +142,8 @@ class ResidualFitResult(FitResult):
         model, params = self.model, self.params
         x = np.concatenate([np.asarray(params.theta), np.asarray(params.residual)])
         xtvx_inv, effects, fitted, rel = cached_call(_post_fit, dict(arrays=model.arrays, res=model.residual_arrays,
-                                                                     x=jnp.asarray(x), sigma2=params.sigma2),
+                                                                     x=jnp.asarray(x), beta=params.beta,
+                                                                     sigma2=params.sigma2),
                                                      dict(shape=model.residual_shape))
         return xtvx_inv, RandomEffects([], []) if effects is None else effects, fitted, rel
 
