@@ -47,13 +47,12 @@ def run_cli(*options, formula="Reaction ~ Days + (Days | Subject)"):
 def test_cli_stores_compiled_programs_and_reuses_them(tmp_path):
     """A second process loads the stored compiled fit programs (no tracing or compiling) and
     prints the same fit."""
-    run = run_cli
-    plain = run("--no-cache")
-    first = run("--cache-dir", str(tmp_path))
+    plain = run_cli("--no-cache")
+    first = run_cli("--cache-dir", str(tmp_path))
     stored = sorted((tmp_path / "lmm_jax_programs").glob("*.exe"))
     assert len(stored) == 2  # the fit and the summaries' program
     stamps = [p.stat().st_mtime_ns for p in stored]
-    second = run("--cache-dir", str(tmp_path))
+    second = run_cli("--cache-dir", str(tmp_path))
     assert [p.stat().st_mtime_ns for p in stored] == stamps  # loaded, not compiled and stored again
     assert first == plain and second == plain
 
