@@ -42,10 +42,9 @@ import pandas as pd
 
 from .arrays import ModelArrays, ModelShape
 from .batch_runner import cast_floats, check_dtype, run_in_chunks
-from .blocked import blocked_xtvx_inverse, cross_products
 from .design import DataError, _as_frame
 from .formula import parse_formula
-from .model import Model, _is_reml, fit_arrays
+from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
 from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, stacked_arrays
 from .sharding import batch_mesh, sharded_map
 
@@ -91,9 +90,8 @@ class BatchResult:
 
 
 def _fit_with_se(arrays: ModelArrays, shape: ModelShape, theta0):
-    """`fit_arrays`, plus SE(β̂) from (X'V₀⁻¹X)⁻¹ at θ̂."""
-    params = fit_arrays(arrays, shape, theta0)
-    xtvx_inv = blocked_xtvx_inverse(params.theta, cross_products(arrays, shape), shape)
+    """`fit_arrays`, plus SE(β̂) from (X'V₀⁻¹X)⁻¹ at θ̂ (the same factor as β̂'s)."""
+    params, xtvx_inv = fit_arrays_with_xtvx_inverse(arrays, shape, theta0)
     return params, jnp.sqrt(params.sigma2 * jnp.diagonal(xtvx_inv))
 
 

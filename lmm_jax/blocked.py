@@ -175,13 +175,30 @@ def blocked_profile(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) ->
 
 def profile_from_schur(l11: jnp.ndarray, schur: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> Profiled:
     """`Profiled` from the first term's factor L₁₁ and the Schur complement S (`blocked_schur`)."""
+    return _profile_and_trailing_factor(l11, schur, cp, shape)[0]
+
+
+def _profile_and_trailing_factor(l11, schur, cp: CrossProducts, shape: ModelShape):
+    """(`Profiled`, L_TT): L_TT the trailing [X y] block of S's factor."""
     half_logdet_zz, l_tt = schur_factor_parts(schur, rest_size(shape))
     log_diag11 = jnp.log(jnp.diagonal(l11, axis1=1, axis2=2))
     logdet_v = 2.0 * (jnp.sum(log_diag11) + half_logdet_zz) - cp.sum_log_weights
     logdet_xtvx = 2.0 * jnp.sum(jnp.log(jnp.diag(l_tt))[:-1])
     rss = l_tt[-1, -1] ** 2
     beta = small_solve_upper_transposed(l_tt[:-1, :-1], l_tt[-1, :-1, None])[:, 0]
-    return Profiled(logdet_v, logdet_xtvx, rss, beta)
+    return Profiled(logdet_v, logdet_xtvx, rss, beta), l_tt
+
+
+def blocked_profile_and_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape):
+    """(`blocked_profile`, (X'V₀⁻¹X)⁻¹) at θ from one factor of S: (X'V₀⁻¹X)⁻¹ = (L_XX L_XX')⁻¹
+    with L_XX the leading p x p block of L_TT (batch fits' standard errors; a separate
+    `blocked_xtvx_inverse` factors S again, and XLA does not merge the two: a sleepstudy
+    batch program had 276 fused kernels to compile instead of 255)."""
+    l11, _, schur = blocked_schur(theta, cp, shape)
+    profiled, l_tt = _profile_and_trailing_factor(l11, schur, cp, shape)
+    l_xx = l_tt[:-1, :-1]
+    l_inv = small_solve_lower(l_xx, jnp.eye(l_xx.shape[0], dtype=l_xx.dtype))
+    return profiled, l_inv.T @ l_inv
 
 
 def blocked_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> jnp.ndarray:

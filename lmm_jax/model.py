@@ -31,7 +31,7 @@ import numpy as np
 from . import _config  # noqa: F401  (float64)
 from . import single_term_derivatives
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device
-from .blocked import blocked_profile, cross_products, rest_size
+from .blocked import blocked_profile, blocked_profile_and_xtvx_inverse, cross_products, rest_size
 from .dense import dense_profile
 from .design import Design, build_design
 from .exported_programs import cached_call
@@ -189,14 +189,33 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
 def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
     """The whole fit as one pure function of arrays (jit/vmap-able)."""
+    optimum = _optimum(arrays, shape, theta0, maxiter, evaluator)
+    return _fit_params(optimum, profile_function(arrays, shape, evaluator)(optimum[0]), arrays, shape)
+
+
+def fit_arrays_with_xtvx_inverse(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
+                                 maxiter: int = 200) -> tuple[FitParams, jnp.ndarray]:
+    """`fit_arrays` (blocked evaluator) and (X'V₀⁻¹X)⁻¹ at θ̂, both from one factor of the
+    Schur complement at θ̂ (`blocked_profile_and_xtvx_inverse`: batch fits' standard errors)."""
+    optimum = _optimum(arrays, shape, theta0, maxiter, "blocked")
+    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(arrays, shape), shape)
+    return _fit_params(optimum, profiled, arrays, shape), xtvx_inv
+
+
+def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int, evaluator: str):
+    """(θ̂, the kept `OptimResult`, iterations, singular): `minimize_with_boundary` on the
+    criterion, from θ₀ or (BFGS fits) from `term_scale_search`'s start."""
     theta0 = tied_to(theta0, data_reference((arrays, theta0)))  # under vmap: batched loop carries
     deviance = deviance_function(arrays, shape, evaluator)
     hessian = optimizer_hessian(arrays, shape, evaluator)
     start = term_scale_search(deviance, theta0, shape) if hessian == "bfgs" and shape.n_theta else theta0
-    theta, best, iterations, singular = minimize_with_boundary(
-        deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape), maxiter, hessian,
-        closed_form_derivatives(arrays, shape, evaluator))
-    profiled = profile_function(arrays, shape, evaluator)(theta)
+    return minimize_with_boundary(deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape),
+                                  maxiter, hessian, closed_form_derivatives(arrays, shape, evaluator))
+
+
+def _fit_params(optimum, profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> FitParams:
+    """`FitParams` from `_optimum`'s record and the profiled quantities at θ̂."""
+    theta, best, iterations, singular = optimum
     objective = criterion(profiled, arrays, shape)
     return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
                      -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular)

@@ -11,7 +11,8 @@ import pytest
 
 import lmm_jax
 from conftest import case_data, cases_of_kind, load_case
-from lmm_jax.blocked import blocked_profile, blocked_random_effects, cross_products
+from lmm_jax.blocked import (blocked_profile, blocked_profile_and_xtvx_inverse, blocked_random_effects,
+                             cross_products)
 from lmm_jax.dense import dense_profile, dense_random_effects, dense_v0, dense_xtvx_inverse
 from lmm_jax.likelihood import profiled_deviance
 from lmm_jax.model import deviance_function
@@ -69,6 +70,20 @@ def test_blocked_equals_dense(name, method, seed):
                 sl = slice(start + level * d, start + (level + 1) * d)
                 np.testing.assert_allclose(blocks[level], cond_cov[sl, sl], rtol=1e-8, atol=1e-10)
             start += m_k * d
+
+
+@pytest.mark.parametrize("name", list(DESIGNS))
+def test_profile_and_xtvx_inverse_from_one_factor_equal_dense(name):
+    """The batch fits' (profile, (X'V₀⁻¹X)⁻¹) from one factor of S equal the dense formulas."""
+    model = lmm_jax.Model.from_formula(DESIGNS[name], random_frame(2))
+    cp = cross_products(model.arrays, model.shape)
+    both = jax.jit(blocked_profile_and_xtvx_inverse, static_argnums=2)
+    theta = jnp.asarray(np.random.default_rng(7).normal(size=model.shape.n_theta))
+    profiled, xtvx_inv = both(theta, cp, model.shape)
+    for a, b in zip(dense_profile_jit(theta, model.arrays, model.shape), profiled):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-9, atol=1e-9)
+    dense = jax.jit(dense_xtvx_inverse, static_argnums=2)(theta, model.arrays, model.shape)
+    np.testing.assert_allclose(xtvx_inv, dense, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["REML", "ML"])
