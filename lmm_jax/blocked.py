@@ -36,8 +36,10 @@ from .sparse_schur import SchurPairs, entry_values, pair_products, sparse_z_rest
 
 class CrossProducts(NamedTuple):
     """Z₁'WZ₁ per level (m₁, p₁, p₁), Z₁'WR per level (m₁, p₁, r), R'WR (r, r), Σ log wᵢ,
-    and the sparse pairs of B'B's Z block with their products and C_Z's non-zero entries
-    (`sparse_schur.py`; None: form it densely)."""
+    and the sparse pairs of B'B's Z block with their products, C_Z's non-zero entries and
+    Z₁'W[X y] per level (`sparse_schur.py`; None: form it densely). The criterion of a
+    sparse model reads Z₁'WR only through the last two, so under jit the dense Z₁'WR is
+    not formed for it (only for the summaries)."""
 
     z1tz1: jnp.ndarray
     z1tr: jnp.ndarray
@@ -46,6 +48,7 @@ class CrossProducts(NamedTuple):
     pairs: SchurPairs | None = None
     pair_products: jnp.ndarray | None = None
     z_entries: jnp.ndarray | None = None
+    z1txy: jnp.ndarray | None = None
 
 
 class BlockedFactor(NamedTuple):
@@ -72,7 +75,8 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
     rest = list(zip(arrays.codes[1:], arrays.values[1:], shape.n_levels[1:]))
     z1tr = [_pair_block(codes1, wv1, m1, codes, values, m).reshape(m1, values1.shape[1], -1)
             for codes, values, m in rest]
-    z1tr.append(jax.ops.segment_sum(wv1[:, :, None] * xy[:, None, :], codes1, m1))
+    z1txy = jax.ops.segment_sum(wv1[:, :, None] * xy[:, None, :], codes1, m1)
+    z1tr.append(z1txy)
     rows = []
     for codes_a, values_a, m_a in rest:
         wva = w[:, None] * values_a
@@ -88,9 +92,8 @@ def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:
     pairs = arrays.schur_pairs
     if pairs is None:
         return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w))
-    c_z = z1tr[:, :, :rest_size(shape)]
-    return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w), pairs, pair_products(c_z, pairs),
-                         entry_values(c_z, pairs))
+    entries = entry_values(wv1, jnp.concatenate(arrays.values[1:], axis=1), pairs)
+    return CrossProducts(z1tz1, z1tr, rtr, jnp.sum(log_w), pairs, pair_products(entries, pairs), entries, z1txy)
 
 
 def _pair_block(codes_a, wvalues_a, m_a, codes_b, values_b, m_b):
@@ -158,7 +161,7 @@ def _lambda_both(matrix: jnp.ndarray, lams: list, n_levels: tuple[int, ...]) -> 
 
 def _sparse_c_q_c(q: jnp.ndarray, cp: CrossProducts, q2: int) -> jnp.ndarray:
     """Σ_l C_l'Q_l C_l (r x r) with C_l = (Z₁'WR)_l: its Z block from the sparse pairs."""
-    c_xy = cp.z1tr[:, :, q2:]
+    c_xy = cp.z1txy
     q_c_xy = jnp.einsum("lab,lbc->lac", q, c_xy)
     zxy = sparse_z_rest_block(q_c_xy, cp.z_entries, cp.pairs, q2)
     return jnp.block([[sparse_zz_block(q, cp.pair_products, cp.pairs, q2), zxy],

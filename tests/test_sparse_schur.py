@@ -86,3 +86,18 @@ def test_small_designs_keep_the_dense_product():
     data = lmm_jax.datasets.load("sleepstudy")
     assert lmm_jax.Model.from_formula("Reaction ~ Days + (Days | Subject)", data).arrays.schur_pairs is None
     assert lmm_jax.Model.from_formula("y ~ x + (1 | student) + (1 | room)", crossed_frame()).arrays.schur_pairs is None
+
+
+def test_entries_summed_from_the_observations_equal_the_dense_cross_product(model):
+    """C_Z's non-zero entries and the pair products, formed from the rows without the dense
+    m₁ x q₂ block, equal that block's entries (a teacher term with 2 columns per level)."""
+    cp = jax.jit(cross_products, static_argnums=1)(model.arrays, model.shape)
+    pairs, q2 = model.arrays.schur_pairs, 40 * 2 + 7
+    c_z = np.asarray(cp.z1tr)[:, :, :q2]  # the dense Z₁'WZ₂ the summaries still form
+    dense_entries = c_z[np.asarray(pairs.entry_level), :, np.asarray(pairs.entry_column)]
+    np.testing.assert_allclose(cp.z_entries, dense_entries, rtol=1e-13, atol=1e-13)
+    level, row, col = (np.asarray(a) for a in (pairs.level, pairs.row, pairs.col))
+    dense_products = c_z[level, :, row][:, :, None] * c_z[level, :, col][:, None, :]
+    np.testing.assert_allclose(cp.pair_products, dense_products, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(cp.z1txy, np.asarray(cp.z1tr)[:, :, q2:], rtol=0, atol=0)
+    assert np.count_nonzero(c_z) == np.count_nonzero(dense_entries)  # every non-zero is listed
