@@ -99,25 +99,26 @@ def schur_pairs(design) -> SchurPairs | None:
     n_pairs = int(np.sum(counts * (counts + 1) // 2))
     if q2 < MIN_REST_SIZE or m1 * q2 * q2 < MIN_SAVING * n_pairs:
         return None
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     pair_level, row_position, col_position = [], [], []
     for count in np.unique(counts[counts > 0]):  # all levels with `count` columns at once
-        members = np.flatnonzero(counts == count)
-        positions = starts[members][:, None] + np.arange(count)  # (members, count)
+        members = np.flatnonzero(counts == count).astype(np.int32)
+        positions = starts[members][:, None] + np.arange(count, dtype=np.int32)  # (members, count)
         i, j = np.tril_indices(count)
         pair_level.append(np.repeat(members, i.size))
         row_position.append(positions[:, i].ravel())
         col_position.append(positions[:, j].ravel())
     pair_level, row_position, col_position = (np.concatenate(parts)
                                               for parts in (pair_level, row_position, col_position))
+    columns = columns.astype(np.int32)  # int32 throughout: half the memory traffic of int64
     rows, cols = columns[row_position], columns[col_position]
     # sorted for the segment sum (it writes in order); pairs of one (row, column) in any order:
     # quicksort, 3x faster than a stable sort on InstEval's 1.8·10⁶ pairs
     order = np.argsort(rows.astype(np.int64) * q2 + cols, kind="quicksort")
     by_column = np.argsort(columns, kind="stable")
-    entry_of_position = np.empty_like(by_column)
-    entry_of_position[by_column] = np.arange(by_column.size)
-    as_int = (lambda values: to_device(values.astype(np.int32)))
+    entry_of_position = np.empty(by_column.size, np.int32)
+    entry_of_position[by_column] = np.arange(by_column.size, dtype=np.int32)
+    as_int = (lambda values: to_device(values.astype(np.int32, copy=False)))
     return SchurPairs(as_int(pair_level[order]), as_int(rows[order]), as_int(cols[order]),
                       as_int(owners[by_column]), as_int(columns[by_column]),
                       as_int(entry_of_position[row_position[order]]),
