@@ -197,17 +197,16 @@ def _host_compiled(function, args: dict, static: dict):
     return _HOST_COMPILED[key]
 
 
-def compiled_call(function, args: dict, static: dict, compile_now: bool = True,
-                  compiler_options: dict | None = None, store: bool = True):
+def compiled_call(function, args: dict, static: dict, compiler_options: dict | None = None,
+                  store: bool = True):
     """A function of keyword arguments shaped like `args` that runs `function(**args, **static)`'s
-    program: the stored one when the compilation cache is enabled (and `store`), else the
-    jitted `function`. `compile_now`: compile before returning (so threads that call it share
-    one program); `compiler_options`: the ones `function` was jitted with, for the stored
+    program, compiled before it returns (so threads that call it share one program): the
+    stored one when the compilation cache is enabled (and `store`), else the jitted
+    `function`. `compiler_options`: the ones `function` was jitted with, for the stored
     program's compile."""
     key = _store_key(function, args, static, compiler_options) if store else None
     if key is None:
-        if compile_now:
-            function.lower(**args, **static).compile()  # fills jit's cache for these shapes
+        function.lower(**args, **static).compile()  # fills jit's cache for these shapes
         return lambda **kwargs: function(**kwargs, **static)
     return _stored_program(key, function, args, static, compiler_options)
 
