@@ -199,9 +199,13 @@ def blocked_profile_and_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shap
     batch program had 276 fused kernels to compile instead of 255)."""
     l11, _, schur = blocked_schur(theta, cp, shape)
     profiled, l_tt = _profile_and_trailing_factor(l11, schur, cp, shape)
-    l_xx = l_tt[:-1, :-1]
+    return profiled, _gram_inverse(l_tt[:-1, :-1])
+
+
+def _gram_inverse(l_xx: jnp.ndarray) -> jnp.ndarray:
+    """(L L')⁻¹ = L⁻ᵀL⁻¹ for the lower-triangular p x p block L_XX of S's factor."""
     l_inv = small_solve_lower(l_xx, jnp.eye(l_xx.shape[0], dtype=l_xx.dtype))
-    return profiled, l_inv.T @ l_inv
+    return l_inv.T @ l_inv
 
 
 def blocked_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape) -> jnp.ndarray:
@@ -211,8 +215,7 @@ def blocked_xtvx_inverse(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShap
 
 def _xtvx_inverse_from_factor(factor: BlockedFactor, shape: ModelShape) -> jnp.ndarray:
     q2, r = rest_size(shape), factor.l22.shape[0]
-    l_inv = solve_triangular(factor.l22[q2:r - 1, q2:r - 1], jnp.eye(r - 1 - q2), lower=True)
-    return l_inv.T @ l_inv
+    return _gram_inverse(factor.l22[q2:r - 1, q2:r - 1])
 
 
 def blocked_summaries(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape, sigma2):
