@@ -31,6 +31,29 @@ def test_nan_in_response_is_dropped_with_a_warning(sleepstudy):
     np.testing.assert_allclose(result.fixef, clean.fixef, rtol=1e-10)
 
 
+def test_missing_values_in_several_columns_and_in_the_weights(sleepstudy):
+    """Each column's count is named, a row missing in two columns is dropped once, and a
+    missing prior weight (array or column) drops its row too."""
+    data = sleepstudy.assign(w=1.0, Subject=sleepstudy["Subject"].astype(str))
+    data.loc[[3, 50], "Reaction"] = np.nan
+    data.loc[[50, 60], "Subject"] = None
+    before = data.copy()
+    pattern = r"dropped 3 of 180 rows with missing values in: Reaction \(2\), Subject \(2\)"
+    with pytest.warns(UserWarning, match=pattern):
+        result = lmm_jax.fit(FORMULA, data)
+    pd.testing.assert_frame_equal(data, before)
+    assert result.nobs == 177
+    weights = np.ones(180)
+    weights[[3, 99]] = np.nan
+    with pytest.warns(UserWarning, match=r"dropped 4 of 180 rows .* Reaction \(2\), Subject \(2\), weights \(2\)"):
+        weighted = lmm_jax.fit(FORMULA, data, weights=weights)
+    assert weighted.nobs == 176
+    data.loc[[3, 99], "w"] = np.nan
+    with pytest.warns(UserWarning, match=r"dropped 4 of 180 rows .* weights \(2\)"):
+        by_column = lmm_jax.fit(FORMULA, data, weights="w")
+    np.testing.assert_allclose(by_column.fixef, weighted.fixef, rtol=1e-12)
+
+
 def test_one_level_grouping_factor(sleepstudy):
     data = sleepstudy.assign(one="A")
     with pytest.raises(DataError, match=r"grouping factor 'one' in random term '\(1 \| one\)' has only one level \('A'\)"):
