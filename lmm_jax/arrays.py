@@ -17,12 +17,14 @@ import numpy as np
 from .structures import CovarianceStructure
 
 
-def to_device(host_array) -> jnp.ndarray:
-    """A host array copied to the default device as it is. `jnp.asarray` would compile a
-    conversion program per shape (~10-20 ms each in a cold process such as the CLI's), and a
-    plain `jax.device_put` may alias the host buffer on a CPU (seen for int32 codes), so a
-    later change to that buffer (a user's frame column) would change the model's arrays."""
-    return jax.device_put(host_array, may_alias=False)
+def to_device(host_arrays):
+    """A host array, or a pytree of them, copied to the default device as it is.
+    `jnp.asarray` would compile a conversion program per shape (~10-20 ms each in a cold
+    process such as the CLI's), and a plain `jax.device_put` may alias the host buffer on a
+    CPU (seen for int32 codes), so a later change to that buffer (a user's frame column)
+    would change the model's arrays. One call for a whole pytree: a sleepstudy model's
+    nine arrays in 0.20 ms instead of 0.33 ms one by one."""
+    return jax.device_put(host_arrays, may_alias=False)
 
 
 @dataclass(frozen=True)

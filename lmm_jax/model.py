@@ -62,10 +62,11 @@ class FitParams(NamedTuple):
 
 
 def make_arrays(design: Design) -> ModelArrays:
-    """The design's host arrays on the default device (`to_device`)."""
-    return ModelArrays(to_device(design.y), to_device(design.X), to_device(design.weights),
-                       tuple(to_device(t.codes) for t in design.terms),
-                       tuple(to_device(t.values) for t in design.terms), schur_pairs(design))
+    """The design's host arrays on the default device (`to_device`, in one call)."""
+    y, X, weights, codes, values = to_device((design.y, design.X, design.weights,
+                                              tuple(t.codes for t in design.terms),
+                                              tuple(t.values for t in design.terms)))
+    return ModelArrays(y, X, weights, codes, values, schur_pairs(design))
 
 
 def make_shape(design: Design, method: str, known_scale: bool = False) -> ModelShape:

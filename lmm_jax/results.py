@@ -66,8 +66,8 @@ class FitResult:
 
     def _post_fit_values(self):
         """(X'V₀⁻¹X)⁻¹, `RandomEffects`, fitted values and each term's ΛΛ' at the estimates."""
-        args = dict(arrays=self.model.arrays, theta=to_device(self.params.theta),
-                    beta=to_device(self.params.beta), sigma2=to_device(self.params.sigma2))
+        theta, beta, sigma2 = to_device((self.params.theta, self.params.beta, self.params.sigma2))
+        args = dict(arrays=self.model.arrays, theta=theta, beta=beta, sigma2=sigma2)
         return cached_call(_post_fit, args, dict(shape=self.model.shape))
 
     # ----- scalar summaries -------------------------------------------------------
