@@ -108,8 +108,9 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
     used = _used_columns(parsed, frame)
     frame, n_dropped = _drop_missing(frame, used, weights)
     prior_weights = _prior_weights(weights, frame)
-    terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}))
-    y, X, names, spec = _fixed_part(parsed, frame)
+    fixed_built, terms_built = _model_matrices(parsed, frame)
+    terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}), terms_built)
+    y, X, names, spec = _fixed_part(parsed, frame, fixed_built)
     X, names, dropped = _drop_rank_deficient(X, names)
     if X.shape[1] == 0:  # the evaluators' small [X y] factor needs a column of X (lme4 allows none)
         raise FormulaError(f"formula {formula!r} has no fixed effects (its fixed part is {parsed.fixed!r}); "
@@ -200,13 +201,46 @@ def _prior_weights(weights, frame: pd.DataFrame) -> np.ndarray:
     return w
 
 
-def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, known: dict) -> list[RandomTerm]:
+def _model_matrices(parsed: ParsedFormula, frame: pd.DataFrame):
+    """formulaic's matrices of the fixed part and of every random term's expression, from one
+    structured formula: one call shares formulaic's set-up and its evaluated factors between
+    the parts (sleepstudy: 2.0 ms against 3.0 ms for two calls). Returns the fixed part's
+    (ModelMatrices, rhs ModelSpec) and each term's (ModelMatrix, ModelSpec), or None and
+    Nones when formulaic fails, so that the part-by-part calls raise the error naming the
+    part that failed.
+
+    A factor evaluated for an earlier part comes from formulaic's cache, and the later part's
+    ModelSpec then lacks its state (a factor's levels, `center`'s mean), which `predict` on
+    new data needs; so every part's spec gets the states of all parts (keyed by expression:
+    one expression, one state, since every part saw the same rows)."""
+    parts = {"fixed": parsed.fixed, **{f"random{i}": spec.expr for i, spec in enumerate(parsed.random)}}
+    try:
+        matrices = formulaic.model_matrix(_structured_formula(tuple(parts.items())), frame, na_action="raise")
+    except Exception:
+        return None, [None] * len(parsed.random)
+    fixed, random = matrices["fixed"], [matrices[f"random{i}"] for i in range(len(parsed.random))]
+    specs = [fixed.rhs.model_spec] + [matrix.model_spec for matrix in random]
+    states = {name: {key: value for spec in specs for key, value in getattr(spec, name).items()}
+              for name in ("encoder_state", "transform_state")}
+    specs = [spec.update(**states) for spec in specs]
+    return (fixed, specs[0]), list(zip(random, specs[1:]))
+
+
+@lru_cache(maxsize=256)
+def _structured_formula(parts: tuple[tuple[str, str], ...]) -> formulaic.Formula:
+    """One formulaic formula with a part per (name, text), each parsed as `_formulaic` parses
+    it alone (a part given as text would be parsed without the default intercept)."""
+    return formulaic.Formula({name: _formulaic(text) for name, text in parts})
+
+
+def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, known: dict, matrices: list) -> list[RandomTerm]:
     """Build each random term, ordered as lme4 orders them (decreasing number of levels);
-    a term with a known relationship matrix becomes one level (so it sorts last)."""
+    a term with a known relationship matrix becomes one level (so it sorts last).
+    `matrices`: each term's (matrix, spec) from `_model_matrices` (None: build it here)."""
     built = []
-    for spec in parsed.random:
+    for spec, matrix in zip(parsed.random, matrices):
         levels, codes = _grouping_codes(spec, frame)
-        values, columns, model_spec = _term_matrix(spec, frame)
+        values, columns, model_spec = _term_matrix(spec, frame, matrix)
         structure = structure_for_term(spec.structure, columns, values, spec.source)
         built.append((spec, levels, codes, values, columns, structure, model_spec))
     built.sort(key=lambda item: -len(item[1]))  # stable: ties keep formula order
@@ -271,26 +305,36 @@ def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
     return [str(u) for u in uniques], codes
 
 
-def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame):
-    try:
-        matrix = formulaic.model_matrix(_formulaic(spec.expr), frame, na_action="raise")
-    except Exception as error:
-        raise FormulaError(f"cannot build the model matrix of {spec.expr!r} in random term "
-                           f"{spec.source!r}: {error}") from None
+def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame, built=None):
+    """(values, column names, ModelSpec) of the term's expression; `built`: its (matrix,
+    spec) from `_model_matrices` (None: materialise it here)."""
+    if built is None:
+        try:
+            matrix = formulaic.model_matrix(_formulaic(spec.expr), frame, na_action="raise")
+        except Exception as error:
+            raise FormulaError(f"cannot build the model matrix of {spec.expr!r} in random term "
+                               f"{spec.source!r}: {error}") from None
+        built = (matrix, matrix.model_spec)
+    matrix, model_spec = built
     columns = tuple(_lme4_name(c) for c in matrix.columns)
     if not columns:
         raise FormulaError(f"random term {spec.source!r} has no columns (an empty left-hand side)")
     values = np.asarray(matrix, dtype=float)
     _check_finite(values, columns, f"random term {spec.source!r}")
-    return values, columns, matrix.model_spec
+    return values, columns, model_spec
 
 
-def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame):
+def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame, built=None):
+    """(y, X, column names, the rhs ModelSpec); `built`: the part's (ModelMatrices, rhs spec)
+    from `_model_matrices` (None: materialise it here)."""
     _check_factor_levels(parsed.fixed, frame)
-    try:
-        matrices = formulaic.model_matrix(_formulaic(parsed.fixed), frame, na_action="raise")
-    except Exception as error:
-        raise FormulaError(f"cannot build the fixed-effects model matrix of {parsed.fixed!r}: {error}") from None
+    if built is None:
+        try:
+            matrices = formulaic.model_matrix(_formulaic(parsed.fixed), frame, na_action="raise")
+        except Exception as error:
+            raise FormulaError(f"cannot build the fixed-effects model matrix of {parsed.fixed!r}: {error}") from None
+        built = (matrices, matrices.rhs.model_spec)
+    matrices, model_spec = built
     lhs = matrices.lhs
     if lhs.shape[1] != 1:
         raise FormulaError(f"the response {parsed.response!r} must be one numeric column, "
@@ -301,7 +345,7 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame):
     X = np.asarray(matrices.rhs, dtype=float)
     names = [_lme4_name(c) for c in matrices.rhs.columns]
     _check_finite(X, names, f"fixed part {parsed.fixed!r}")
-    return y, X, names, matrices.rhs.model_spec
+    return y, X, names, model_spec
 
 
 def _check_factor_levels(fixed: str, frame: pd.DataFrame) -> None:
