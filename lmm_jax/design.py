@@ -9,6 +9,7 @@ level (`codes`) and the row of its own small model matrix (`values`, n x p_k).
 
 from __future__ import annotations
 
+import ast
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -142,14 +143,14 @@ def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     """The data columns the formula needs; a missing one is an error naming the term."""
     needed: dict[str, str] = {}
     try:
-        fixed_vars = _formulaic(parsed.fixed).required_variables
+        fixed_vars = _formula_variables(parsed.fixed, frame)
     except Exception as error:  # formulaic's parse errors
         raise FormulaError(f"cannot parse the fixed part {parsed.fixed!r}: {error}") from None
     for var in sorted(fixed_vars):
         needed.setdefault(var, f"fixed part {parsed.fixed!r}")
     for spec in parsed.random:
         try:
-            expr_vars = _formulaic(spec.expr).required_variables
+            expr_vars = _formula_variables(spec.expr, frame)
         except Exception as error:
             raise FormulaError(f"cannot parse {spec.expr!r} in random term {spec.source!r}: {error}") from None
         for var in sorted(expr_vars) + list(spec.factors):
@@ -159,6 +160,38 @@ def _used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
             raise DataError(f"column {var!r} (used in {where}) is not in the data; "
                             f"columns are: {', '.join(map(str, frame.columns))}")
     return list(needed)
+
+
+def _formula_variables(text: str, frame: pd.DataFrame) -> set[str]:
+    """The data columns formula `text` reads: formulaic's `required_variables`, and the
+    columns named inside its stateful transforms (`center(x)`, `scale(x)`, `poly(x, 2)`,
+    `bs(x)`), which formulaic 1.2.2 leaves out (its introspection of them fails and it
+    returns no variables; fixed upstream in formulaic PR #268, not yet released)."""
+    return set(_formulaic(text).required_variables) | (_python_factor_names(text) & set(frame.columns))
+
+
+@lru_cache(maxsize=256)
+def _python_factor_names(text: str) -> frozenset[str]:
+    """Every name the Python factors of `text` read as a value (not the functions they call:
+    `center` in `center(x)`, `np` in `np.log(x)` is kept but is not a column)."""
+    names = set()
+    formula = _formulaic(text)
+    parts = (formula.lhs, formula.rhs) if hasattr(formula, "lhs") else (formula,)
+    for part in parts:
+        for term in part:
+            for factor in term.factors:
+                if factor.eval_method == factor.EvalMethod.PYTHON:
+                    names |= _value_names(factor.expr)
+    return frozenset(names)
+
+
+def _value_names(expression: str) -> set[str]:
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:  # formulaic's own quoting (`a b`): it reports those variables itself
+        return set()
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
 
 
 def _drop_missing(frame: pd.DataFrame, used: list[str], weights) -> tuple[pd.DataFrame, int]:

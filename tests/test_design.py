@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import lmm_jax
@@ -22,6 +23,7 @@ def _part_by_part(parsed, frame):
     "Reaction ~ center(Days) + I(Days ** 2) + (1 | Subject) + (0 + Days | Subject)",
     "Reaction ~ C(week) * Days + (C(week) | Subject)",
     "Reaction ~ C(week) + I(Days ** 2) + (0 + C(week) | Subject) + (0 + center(Days) | Subject)",
+    "Reaction ~ center(Days) + (center(Days) | Subject)",
 ])
 def test_one_structured_call_equals_the_part_by_part_calls(sleepstudy, formula, monkeypatch):
     data = sleepstudy.assign(week=np.where(sleepstudy["Days"] < 5, "first", "second"))
@@ -69,3 +71,38 @@ def test_a_part_formulaic_cannot_build_is_named(sleepstudy, formula, message):
         with pytest.raises(FormulaError, match=message):
             lmm_jax.fit(formula, sleepstudy)
 
+
+# lme4 1.1.31 (R 4.2.2): lmer(Reaction ~ poly(Days, 2) + (1 | Subject), sleepstudy): fixef,
+# REMLcrit, and predict() at Days 0, 4.5, 9 for Subject 308; fixef of the scale(Days) model
+POLY_FIXEF = [298.50789167, 403.36416786, 32.85578798]
+POLY_REML = 1769.33263393
+POLY_PREDICTIONS = [296.2352844, 336.5133691, 390.4408581]
+SCALE_SLOPE = 30.14885342
+
+
+def test_stateful_transforms_read_their_columns(sleepstudy):
+    """formulaic 1.2.2 reports no variables for `poly(x, 2)`, `scale(x)`, `center(x)`; their
+    columns are still taken from the data (the fit failed with 'name Days is not defined'),
+    and the fits and predictions are lme4's."""
+    poly = lmm_jax.fit("Reaction ~ poly(Days, 2) + (1 | Subject)", sleepstudy)
+    np.testing.assert_allclose(poly.fixef.to_numpy(), POLY_FIXEF, rtol=1e-8)
+    np.testing.assert_allclose(poly.objective, POLY_REML, rtol=1e-10)
+    new = pd.DataFrame({"Days": [0.0, 4.5, 9.0], "Subject": ["308"] * 3})
+    np.testing.assert_allclose(poly.predict(new), POLY_PREDICTIONS, rtol=1e-8)
+    scaled = lmm_jax.fit("Reaction ~ scale(Days) + (1 | Subject)", sleepstudy)
+    np.testing.assert_allclose(scaled.fixef["scale(Days)"], SCALE_SLOPE, rtol=1e-8)
+
+
+def test_missing_values_inside_a_stateful_transform_drop_their_rows(sleepstudy):
+    data = sleepstudy.assign(Days=sleepstudy["Days"].astype(float))
+    data.loc[[3, 50], "Days"] = np.nan
+    with pytest.warns(UserWarning, match=r"dropped 2 of 180 rows with missing values in: Days \(2\)"):
+        result = lmm_jax.fit("Reaction ~ center(Days) + (1 | Subject)", data)
+    reference = lmm_jax.fit("Reaction ~ center(Days) + (1 | Subject)", data.dropna())
+    assert result.nobs == 178
+    np.testing.assert_allclose(result.fixef.to_numpy(), reference.fixef.to_numpy(), rtol=1e-10)
+
+
+def test_python_factor_names_leave_out_the_functions_called():
+    assert design._python_factor_names("y ~ center(x) + np.log(w) + C(g):scale(z, ddof=0)") == \
+        {"x", "np", "w", "g", "z"}
