@@ -295,10 +295,11 @@ class Model:
 
     def fit(self):
         """Fit and return a `FitResult` with lme4's summaries (`fit_arrays`, the same values as
-        `fit_params` without its derivative rules; through a stored program when the
-        compilation cache is enabled: `exported_programs.py`)."""
-        from .results import FitResult
+        `fit_params` without its derivative rules, and the summaries in the same program:
+        `results.fit_with_summaries`; through a stored program when the compilation cache is
+        enabled: `exported_programs.py`)."""
+        from .results import FitResult, fit_with_summaries
 
-        params = jax.device_get(cached_call(fit_arrays, dict(arrays=self.arrays, theta0=self.initial_theta()),
-                                            dict(shape=self.shape)))
-        return FitResult(self, params)
+        params, post_fit = jax.device_get(cached_call(
+            fit_with_summaries, dict(arrays=self.arrays, theta0=self.initial_theta()), dict(shape=self.shape)))
+        return FitResult(self, params, post_fit)

@@ -22,6 +22,7 @@ from .arrays import ModelArrays, ModelShape, relative_factors, to_device
 from .known_covariance import report_arrays
 from .blocked import blocked_summaries, cross_products
 from .exported_programs import cached_call
+from .model import fit_arrays
 from .newton import STATUS_MESSAGES
 
 
@@ -37,17 +38,29 @@ def _post_fit(arrays: ModelArrays, shape: ModelShape, theta, beta, sigma2):
     return xtvx_inv, effects, fitted, covariances
 
 
+@partial(jax.jit, static_argnames=("shape",))
+def fit_with_summaries(arrays: ModelArrays, shape: ModelShape, theta0):
+    """(`fit_arrays`'s `FitParams`, `_post_fit`'s summaries at its estimates): a whole
+    `Model.fit` as one program, so a fit is one call and one copy back to the host instead
+    of two of each with the estimates copied to the device between them."""
+    params = fit_arrays(arrays, shape, theta0)
+    return params, _post_fit(arrays, shape, params.theta, params.beta, params.sigma2)
+
+
 class FitResult:
     """A fitted linear mixed model (lme4's `merMod`)."""
 
-    def __init__(self, model, params):
+    def __init__(self, model, params, post_fit=None):
+        """`post_fit`: `_post_fit`'s values at `params` on the host (`fit_with_summaries`),
+        or None to compute them here."""
         self.model = model
         self.design = model.design
         self.params = params
         self.method = model.method
         self.theta = np.asarray(params.theta) + 0.0  # no negative zeros
         self.sigma = float(np.sqrt(params.sigma2))
-        xtvx_inv, effects, fitted, rel_cov = jax.device_get(self._post_fit_values())
+        post_fit = jax.device_get(self._post_fit_values()) if post_fit is None else post_fit
+        xtvx_inv, effects, fitted, rel_cov = post_fit
         names = list(self.design.fixed_names)
         self.fixef = pd.Series(np.asarray(params.beta), index=names, name="estimate")
         self.vcov = pd.DataFrame(params.sigma2 * np.asarray(xtvx_inv), index=names, columns=names)

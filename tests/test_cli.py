@@ -50,7 +50,7 @@ def test_cli_stores_compiled_programs_and_reuses_them(tmp_path):
     plain = run_cli("--no-cache")
     first = run_cli("--cache-dir", str(tmp_path))
     stored = sorted((tmp_path / "lmm_jax_programs").glob("*.exe"))
-    assert len(stored) == 2  # the fit and the summaries' program
+    assert len(stored) == 1  # the fit with its summaries (`results.fit_with_summaries`)
     stamps = [p.stat().st_mtime_ns for p in stored]
     second = run_cli("--cache-dir", str(tmp_path))
     assert [p.stat().st_mtime_ns for p in stored] == stamps  # loaded, not compiled and stored again
