@@ -7,8 +7,9 @@ iterations with exact Hessians by forward-over-reverse autodiff) those take ~0.7
 therefore stores the compiled program itself: the first process traces, compiles and
 serialises it (`jax.experimental.serialize_executable`) into the cache folder with its
 output tree, and later processes load the executable and call it, with no tracing,
-lowering or cache lookup (a command-line fit's two programs: ~0.1 s less than loading a
-`jax.export`ed program, which still had to be lowered to find XLA's cached executable).
+lowering or cache lookup (a command-line fit's program, the fit with its summaries: ~0.1 s
+less than loading a `jax.export`ed program, which still had to be lowered to find XLA's
+cached executable).
 `compiled_call` does the same for `fit_batch`'s chunks. Where a backend cannot serialise
 its executables, or the compile found the program in JAX's persistent cache (whose loaded
 executables do not serialise whole: `_store`), nothing is stored and each process compiles
