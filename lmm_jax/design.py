@@ -10,6 +10,7 @@ level (`codes`) and the row of its own small model matrix (`values`, n x p_k).
 from __future__ import annotations
 
 import ast
+import builtins
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -107,7 +108,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
                            "a model without random effects is an ordinary least-squares fit")
     frame = _as_frame(data)
     used = _used_columns(parsed, frame)
-    frame, n_dropped = _drop_missing(frame, used, weights)
+    frame, n_dropped = _drop_missing(frame, used, weights, _outside_given_levels(parsed, frame))
     prior_weights = _prior_weights(weights, frame)
     fixed_built, terms_built = _model_matrices(parsed, frame)
     terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}), terms_built)
@@ -166,8 +167,12 @@ def _formula_variables(text: str, frame: pd.DataFrame) -> set[str]:
     """The data columns formula `text` reads: formulaic's `required_variables`, and the
     columns named inside its stateful transforms (`center(x)`, `scale(x)`, `poly(x, 2)`,
     `bs(x)`), which formulaic 1.2.2 leaves out (its introspection of them fails and it
-    returns no variables; fixed upstream in formulaic PR #268, not yet released)."""
-    return set(_formulaic(text).required_variables) | (_python_factor_names(text) & set(frame.columns))
+    returns no variables; fixed upstream in formulaic PR #268, not yet released). Python's
+    builtins that formulaic reports (`list`, `range` in `C(x, levels=list(range(5)))`) are no
+    columns unless the data has one of that name."""
+    columns = set(frame.columns)
+    required = {v for v in _formulaic(text).required_variables if v in columns or not hasattr(builtins, v)}
+    return required | (_python_factor_names(text) & columns)
 
 
 @lru_cache(maxsize=256)
@@ -175,32 +180,68 @@ def _python_factor_names(text: str) -> frozenset[str]:
     """Every name the Python factors of `text` read as a value (not the functions they call:
     `center` in `center(x)`, `np` in `np.log(x)` is kept but is not a column)."""
     names = set()
-    formula = _formulaic(text)
-    parts = (formula.lhs, formula.rhs) if hasattr(formula, "lhs") else (formula,)
-    for part in parts:
-        for term in part:
-            for factor in term.factors:
-                if factor.eval_method == factor.EvalMethod.PYTHON:
-                    names |= _value_names(factor.expr)
+    for tree in _python_factor_trees(text):
+        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        names |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
     return frozenset(names)
 
 
-def _value_names(expression: str) -> set[str]:
-    try:
-        tree = ast.parse(expression, mode="eval")
-    except SyntaxError:  # formulaic's own quoting (`a b`): it reports those variables itself
-        return set()
-    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
+@lru_cache(maxsize=256)
+def _python_factor_trees(text: str) -> tuple[ast.Expression, ...]:
+    """The parsed Python expressions of the Python factors of formula `text` (not those in
+    formulaic's own quoting, `a b`, which are no Python: formulaic reports their variables)."""
+    formula = _formulaic(text)
+    parts = (formula.lhs, formula.rhs) if hasattr(formula, "lhs") else (formula,)
+    trees = []
+    for factor in (f for part in parts for term in part for f in term.factors):
+        if factor.eval_method == factor.EvalMethod.PYTHON:
+            try:
+                trees.append(ast.parse(factor.expr, mode="eval"))
+            except SyntaxError:
+                pass
+    return tuple(trees)
 
 
-def _drop_missing(frame: pd.DataFrame, used: list[str], weights) -> tuple[pd.DataFrame, int]:
+def _outside_given_levels(parsed: ParsedFormula, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """For each `C(column, levels=[...])` with literal levels, the rows whose value is none
+    of them (a label -> row flags). R's factor(x, levels=) makes such values NA and lmer drops
+    their rows; formulaic would code them as the reference level, a silently different fit."""
+    out = {}
+    for text in (parsed.fixed, *(spec.expr for spec in parsed.random)):
+        for tree in _python_factor_trees(text):
+            for node in ast.walk(tree):
+                levels = _literal_levels(node, frame)
+                if levels is not None:
+                    column = frame[node.args[0].id]
+                    flags = ~column.isin(levels).to_numpy() & ~pd.isna(column.to_numpy())
+                    out[f"{node.args[0].id} outside the levels of {ast.unparse(node)}"] = flags
+    return out
+
+
+def _literal_levels(node: ast.AST, frame: pd.DataFrame):
+    """The levels of a `C(column, ..., levels=<literal>)` call node, else None."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "C"
+            and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in frame.columns):
+        return None
+    for keyword in node.keywords:
+        if keyword.arg == "levels":
+            try:
+                return list(ast.literal_eval(keyword.value))
+            except (ValueError, TypeError, SyntaxError):
+                return None
+    return None
+
+
+def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
+                  outside_levels: dict | None = None) -> tuple[pd.DataFrame, int]:
     """Keep the used columns of rows without missing values (a new frame; the caller's is
     untouched). Missing values are found column by column on the columns' arrays (`pd.isna`
     knows NaN, None, NA and NaT), not by a frame-wide `isna` on a copy (sleepstudy: 0.46 ->
-    0.3 ms)."""
+    0.3 ms). `outside_levels`: more rows counted as missing, by label
+    (`_outside_given_levels`)."""
     sub = frame[used]  # list selection: a new frame
     missing = {col: pd.isna(frame[col].to_numpy()) for col in used}
+    missing.update(outside_levels or {})
     if weights is not None and not isinstance(weights, str):
         w = np.asarray(weights, dtype=float)
         if w.shape != (len(frame),):
@@ -384,6 +425,8 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame, built=None):
 def _check_factor_levels(fixed: str, frame: pd.DataFrame) -> None:
     """A text/categorical column used as a factor needs two levels (contrasts are undefined otherwise)."""
     for var in _formulaic(fixed).rhs.required_variables:
+        if var not in frame.columns:  # a builtin formulaic reports (`_formula_variables`)
+            continue
         column = frame[var]
         is_factor = column.dtype.kind in "OSUb" or isinstance(column.dtype, pd.CategoricalDtype) \
             or pd.api.types.is_string_dtype(column.dtype)

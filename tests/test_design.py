@@ -106,3 +106,29 @@ def test_missing_values_inside_a_stateful_transform_drop_their_rows(sleepstudy):
 def test_python_factor_names_leave_out_the_functions_called():
     assert design._python_factor_names("y ~ center(x) + np.log(w) + C(g):scale(z, ddof=0)") == \
         {"x", "np", "w", "g", "z"}
+
+
+# lme4 1.1.31: lmer(Reaction ~ factor(Days, levels = c(1, 2)) + (1 | Subject), sleepstudy)
+# keeps the 36 rows of days 1 and 2 (the others are NA); fixef and REMLcrit
+GIVEN_LEVELS_FIXEF = [264.4957555556, 0.8661444444]
+GIVEN_LEVELS_REML = 321.978605343
+
+
+def test_values_outside_given_levels_drop_their_rows_as_in_lme4(sleepstudy):
+    """formulaic codes a value outside C(x, levels=[...]) as the reference level; R makes it
+    NA and lmer drops the row. lmm_jax drops it, with the missing-value warning naming why."""
+    with pytest.warns(UserWarning, match=r"dropped 144 of 180 rows .* Days outside the levels of "
+                                         r"C\(Days, levels=\[1, 2\]\) \(144\)"):
+        result = lmm_jax.fit("Reaction ~ C(Days, levels=[1, 2]) + (1 | Subject)", sleepstudy)
+    assert result.nobs == 36
+    np.testing.assert_allclose(result.fixef.to_numpy(), GIVEN_LEVELS_FIXEF, rtol=1e-9)
+    np.testing.assert_allclose(result.objective, GIVEN_LEVELS_REML, rtol=1e-10)
+
+
+def test_levels_covering_every_value_drop_nothing(sleepstudy):
+    """`list` and `range` in the levels are Python's, not columns (formulaic reports them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = lmm_jax.fit("Reaction ~ C(Days, levels=list(range(10))) + (1 | Subject)", sleepstudy)
+    assert result.nobs == 180
+    assert len(result.fixef) == 10
