@@ -218,10 +218,17 @@ def _outside_given_levels(parsed: ParsedFormula, frame: pd.DataFrame) -> dict[st
     return out
 
 
+def categorical_call_column(node: ast.AST, frame: pd.DataFrame) -> str | None:
+    """x when `node` is a call `C(x, ...)` on a column x of `frame`, else None."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "C"
+            and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in frame.columns):
+        return node.args[0].id
+    return None
+
+
 def _literal_levels(node: ast.AST, frame: pd.DataFrame):
     """The levels of a `C(column, ..., levels=<literal>)` call node, else None."""
-    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "C"
-            and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in frame.columns):
+    if categorical_call_column(node, frame) is None:
         return None
     for keyword in node.keywords:
         if keyword.arg == "levels":

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import warnings
+
 import numpy as np
 import pandas as pd
+from formulaic.errors import DataMismatchWarning
 
-from .design import DataError, row_labels
+from .design import DataError, categorical_call_column, row_labels
 
 
 def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
@@ -34,7 +38,40 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
 
 
 def _matrix(model_spec, frame: pd.DataFrame, where: str):
+    """The spec's matrix on newdata. A categorical value the fit did not have (a new level,
+    or a value outside `C(x, levels=[...])`) is an error: formulaic would code it as the
+    reference level, a silently wrong prediction (lme4 stops on a new level of a fixed
+    factor too; missing values already raise)."""
+    _check_known_levels(model_spec, frame, where)
     try:
-        return model_spec.get_model_matrix(frame, na_action="raise")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DataMismatchWarning)
+            return model_spec.get_model_matrix(frame, na_action="raise")
     except Exception as error:
         raise DataError(f"cannot build the {where} for newdata: {error}") from None
+
+
+def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:
+    """Raise naming the column when a categorical factor of the spec (a column, or
+    `C(column, ...)`) has values in newdata outside the levels it was fitted with."""
+    for factor, (kind, state) in model_spec.encoder_state.items():
+        column = _factor_column(factor, frame)
+        if getattr(kind, "value", kind) != "categorical" or column is None or "categories" not in state:
+            continue
+        levels = list(state["categories"])
+        present = pd.unique(frame[column].dropna())
+        new = [value for value in present if value not in levels]
+        if new:
+            raise DataError(f"newdata's column {column!r} has value(s) {sorted(map(str, new))} that are not "
+                            f"levels of {factor!r} in the fit ({[str(v) for v in levels]}), in the {where}; "
+                            "the model has no coefficient for them")
+
+
+def _factor_column(factor: str, frame: pd.DataFrame) -> str | None:
+    """The data column a factor reads: the factor itself, or x in `C(x, ...)`."""
+    if factor in frame.columns:
+        return factor
+    try:
+        return categorical_call_column(ast.parse(factor, mode="eval").body, frame)
+    except SyntaxError:
+        return None

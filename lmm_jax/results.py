@@ -247,7 +247,9 @@ class FitResult:
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:
         """Predictions Xβ̂ (+ Zb̂ when `random_effects`); levels unseen in the fit get the
-        population prediction (their random effects are 0). Without newdata: the fitted values."""
+        population prediction (their random effects are 0). Without newdata: the fitted values.
+        A value of a categorical fixed-effect factor the fit did not have (or outside
+        `C(x, levels=[...])`) raises a DataError naming the column, as do missing values."""
         from .prediction import predict
 
         return predict(self, newdata, random_effects)

@@ -52,3 +52,22 @@ def test_predict_reproduces_fitted_values_and_handles_new_levels(sleepstudy):
     np.testing.assert_allclose(predicted, [population[0] + modes["(Intercept)"], expected_308, population[2]],
                                rtol=1e-10)
     np.testing.assert_allclose(result.predict(new, random_effects=False), population, rtol=1e-12)
+
+
+def test_predict_refuses_categorical_values_the_fit_did_not_have(sleepstudy):
+    """formulaic codes such values as the reference level (a silently wrong prediction);
+    lme4 stops on a new level of a fixed-effect factor. Known levels still predict."""
+    data = sleepstudy.assign(arm=np.where(sleepstudy["Subject"].astype(int) % 2 == 0, "a", "b"))
+    result = lmm_jax.fit("Reaction ~ arm + Days + (1 | Subject)", data)
+    known = data.head(3).assign(arm=["a", "b", "b"])
+    expected = result.fixef["(Intercept)"] + result.fixef["Days"] * known["Days"].to_numpy() \
+        + result.fixef["arm[T.b]"] * np.array([0.0, 1.0, 1.0])
+    np.testing.assert_allclose(result.predict(known, random_effects=False), expected, rtol=1e-12)
+    with pytest.raises(lmm_jax.DataError, match=r"column 'arm' has value\(s\) \['c'\]"):
+        result.predict(known.assign(arm=["a", "b", "c"]))
+    with pytest.warns(UserWarning, match="outside the levels"):
+        given = lmm_jax.fit("Reaction ~ C(Days, levels=[1, 2]) + (1 | Subject)", data)
+    inside = data.head(3).assign(Days=[1, 2, 2])
+    assert np.all(np.isfinite(given.predict(inside)))
+    with pytest.raises(lmm_jax.DataError, match=r"column 'Days' has value\(s\) \['0'\]"):
+        given.predict(data.head(3).assign(Days=[0, 1, 2]))
