@@ -210,11 +210,12 @@ def _outside_given_levels(parsed: ParsedFormula, frame: pd.DataFrame) -> dict[st
     for text in (parsed.fixed, *(spec.expr for spec in parsed.random)):
         for tree in _python_factor_trees(text):
             for node in ast.walk(tree):
-                levels = _literal_levels(node, frame)
+                column = categorical_call_column(node, frame)
+                levels = None if column is None else _literal_levels(node)
                 if levels is not None:
-                    column = frame[node.args[0].id]
-                    flags = ~column.isin(levels).to_numpy() & ~pd.isna(column.to_numpy())
-                    out[f"{node.args[0].id} outside the levels of {ast.unparse(node)}"] = flags
+                    values = frame[column]
+                    flags = ~values.isin(levels).to_numpy() & ~pd.isna(values.to_numpy())
+                    out[f"{column} outside the levels of {ast.unparse(node)}"] = flags
     return out
 
 
@@ -226,10 +227,8 @@ def categorical_call_column(node: ast.AST, frame: pd.DataFrame) -> str | None:
     return None
 
 
-def _literal_levels(node: ast.AST, frame: pd.DataFrame):
+def _literal_levels(node: ast.Call):
     """The levels of a `C(column, ..., levels=<literal>)` call node, else None."""
-    if categorical_call_column(node, frame) is None:
-        return None
     for keyword in node.keywords:
         if keyword.arg == "levels":
             try:
