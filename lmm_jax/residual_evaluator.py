@@ -26,7 +26,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from .arrays import ModelArrays, ModelShape
-from .blocked import blocked_profile, blocked_summaries, cross_products
+from .blocked import RandomEffects, blocked_profile, blocked_summaries, cross_products
 from .dense import dense_z_lambda, profile_from_v0
 from .group_linalg import loop_cholesky, loop_solve_lower
 from .likelihood import Profiled
@@ -147,12 +147,12 @@ def dense_residual_profile(x, arrays: ModelArrays, res: ResidualArrays, shape: R
 
 
 def residual_post_fit(x, arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape, beta, sigma2):
-    """(X'V₀⁻¹X)⁻¹, the random effects (`blocked.RandomEffects` or None) and the fitted
-    values Xβ̂ + Zb̂ on the original rows, at the estimates (x, β̂, σ̂²)."""
+    """(X'V₀⁻¹X)⁻¹, the random effects (`blocked.RandomEffects`, empty without random terms)
+    and the fitted values Xβ̂ + Zb̂ on the original rows, at the estimates (x, β̂, σ̂²)."""
     white, _ = whiten(x, arrays, res, shape)
     fitted = arrays.X @ beta
     if not shape.model.n_levels:
-        return jnp.linalg.inv(white.X.T @ white.X), None, fitted
+        return jnp.linalg.inv(white.X.T @ white.X), RandomEffects([], []), fitted
     theta, _, _ = shape.split(x)
     xtvx_inv, effects = blocked_summaries(theta, cross_products(white, shape.model), shape.model, sigma2)
     for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .arrays import ModelArrays, bounded_mask, canonical_theta, relative_factors
-from .blocked import RandomEffects
 from .design import build_design
 from .exported_programs import cached_call
 from .likelihood import profiled_deviance, profiled_sigma2
@@ -120,17 +119,31 @@ class ResidualModel(Model):
         raise NotImplementedError("blups() with residual structures: use fit().ranef()")
 
     def fit(self) -> "ResidualFitResult":
+        """Fit and return a `ResidualFitResult`: the fit and its summaries as one program
+        (`fit_residual_with_summaries`), one call and one copy back."""
         args = dict(arrays=self.arrays, res=self.residual_arrays, x0=self.initial_theta())
-        return ResidualFitResult(self, jax.device_get(cached_call(fit_residual_arrays, args,
-                                                                  dict(shape=self.residual_shape))))
+        params, post_fit = jax.device_get(cached_call(fit_residual_with_summaries, args,
+                                                      dict(shape=self.residual_shape)))
+        return ResidualFitResult(self, params, post_fit)
 
 
 @partial(jax.jit, static_argnames=("shape",))
 def _post_fit(arrays, res, shape: ResidualShape, x, beta, sigma2):
+    """(X'V⁻¹X)⁻¹ (V over σ²), the random effects (empty without random terms), the fitted
+    values and each term's ΛΛ' at x = (θ̂, residual params), β̂ and σ̂²."""
     xtvx_inv, effects, fitted = residual_post_fit(x, arrays, res, shape, beta, sigma2)
     theta, _, _ = shape.split(x)
     rel = [lam @ lam.T for lam in relative_factors(theta, shape.model)] if shape.model.n_levels else []
     return xtvx_inv, effects, fitted, rel
+
+
+@partial(jax.jit, static_argnames=("shape",))
+def fit_residual_with_summaries(arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape, x0):
+    """(`fit_residual_arrays`'s `FitParams`, `_post_fit`'s summaries at its estimates): the
+    twin of `results.fit_with_summaries` for residual structures."""
+    params = fit_residual_arrays(arrays, res, shape, x0)
+    x = jnp.concatenate([params.theta, params.residual])
+    return params, _post_fit(arrays, res, shape, x, params.beta, params.sigma2)
 
 
 class ResidualFitResult(FitResult):
@@ -141,11 +154,8 @@ class ResidualFitResult(FitResult):
     def _post_fit_values(self):
         model, params = self.model, self.params
         x = np.concatenate([np.asarray(params.theta), np.asarray(params.residual)])
-        xtvx_inv, effects, fitted, rel = cached_call(_post_fit, dict(arrays=model.arrays, res=model.residual_arrays,
-                                                                     x=jnp.asarray(x), beta=params.beta,
-                                                                     sigma2=params.sigma2),
-                                                     dict(shape=model.residual_shape))
-        return xtvx_inv, RandomEffects([], []) if effects is None else effects, fitted, rel
+        return cached_call(_post_fit, dict(arrays=model.arrays, res=model.residual_arrays, x=jnp.asarray(x),
+                                           beta=params.beta, sigma2=params.sigma2), dict(shape=model.residual_shape))
 
     @property
     def df_model(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import load_case
 from lmm_jax.cli import main
 
@@ -44,15 +45,17 @@ def run_cli(*options, formula="Reaction ~ Days + (Days | Subject)"):
     return out.stdout
 
 
-def test_cli_stores_compiled_programs_and_reuses_them(tmp_path):
-    """A second process loads the stored compiled fit programs (no tracing or compiling) and
-    prints the same fit."""
-    plain = run_cli("--no-cache")
-    first = run_cli("--cache-dir", str(tmp_path))
+@pytest.mark.parametrize("structure", [(), ("--correlation", "ar1(~ 1 | Subject)")], ids=["lmer", "lme_ar1"])
+def test_cli_stores_compiled_programs_and_reuses_them(tmp_path, structure):
+    """A second process loads the stored compiled fit program (no tracing or compiling) and
+    prints the same fit; one program per fit: the fit with its summaries
+    (`results.fit_with_summaries`, `residual_model.fit_residual_with_summaries`)."""
+    plain = run_cli(*structure, "--no-cache")
+    first = run_cli(*structure, "--cache-dir", str(tmp_path))
     stored = sorted((tmp_path / "lmm_jax_programs").glob("*.exe"))
-    assert len(stored) == 1  # the fit with its summaries (`results.fit_with_summaries`)
+    assert len(stored) == 1
     stamps = [p.stat().st_mtime_ns for p in stored]
-    second = run_cli("--cache-dir", str(tmp_path))
+    second = run_cli(*structure, "--cache-dir", str(tmp_path))
     assert [p.stat().st_mtime_ns for p in stored] == stamps  # loaded, not compiled and stored again
     assert first == plain and second == plain
 
