@@ -27,8 +27,10 @@ applied after every trial step, accepted or not (both give valid curvature along
 starting H is the forward-difference Hessian of the gradient at x0 (n probes
 x0 + h_j e_j, h_j = 1e-4 max(|x0_j|, 1e-2), before the first step; its eigenvalues taken
 in absolute value so that it is positive definite): an identity start needs ~3x the
-iterations on badly scaled criteria (InstEval's curvatures differ 8-fold). The same trust
-region, convergence tests (the Newton step then uses H) and `_polish` apply.
+iterations on badly scaled criteria (InstEval's curvatures differ 8-fold), unless the
+caller gives a start H (`hess0`, e.g. from criterion values: `start_search.py`), which is
+used instead of the probes. The same trust region, convergence tests (the Newton step then
+uses H) and `_polish` apply.
 
 Returns an `OptimResult` record with a status code instead of raising inside jit.
 """
@@ -164,21 +166,24 @@ def trust_region_step(grad, eigvals, eigvecs, radius, bisections: int = 60):
 def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
              gtol: float = 1e-7, xtol: float = 1e-7, maxiter: int = 200,
              radius: float = 1.0, hessian: str = "exact", derivatives: Callable | None = None,
-             run=True) -> OptimResult:
+             run=True, hess0: jnp.ndarray | None = None) -> OptimResult:
     """Minimise f from x0 over the entries where `free` is True (all by default), with the
     exact Hessian or (`hessian="bfgs"`) a quasi-Newton one. `derivatives`: x -> (f, ∇f, ∇²f)
     computed another way (closed form: `single_term_derivatives.py`), used instead of
     autodiff of f for the exact Hessian. `run` (a boolean, traced or not): when False, f is
     never evaluated and the record of a minimisation that did not run comes back (x0, value
     +inf, status 0), without a `lax.cond` (whose batching rule traces both branches twice:
-    under vmap most of a batch program's trace time)."""
+    under vmap most of a batch program's trace time). `hess0` (BFGS only): the starting H,
+    made positive definite, instead of the difference probes."""
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {tuple(HESSIANS)}, got {hessian!r}")
     if derivatives is not None and hessian != "exact":
         raise ValueError("derivatives= gives exact Hessians; it cannot be combined with hessian='bfgs'")
+    if hess0 is not None and hessian != "bfgs":
+        raise ValueError("hess0= starts a BFGS Hessian; exact Hessians need none")
     evaluate = HESSIANS[hessian](f) if derivatives is None else derivatives
     free = jnp.ones(x0.shape, bool) if free is None else free
-    n_probes = x0.size if hessian == "bfgs" else 0
+    n_probes = x0.size if hessian == "bfgs" and hess0 is None else 0
 
     def mask_hessian(hess):
         return jnp.where(free[:, None] & free[None, :], hess, jnp.diag(jnp.where(free, 0.0, 1.0)))
@@ -201,7 +206,8 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
     # so f, ∇f and ∇²f are traced once, inside the loop (half the compile time of a
     # separate evaluation before it).
     # every carry batched when x0 or `run` is (`loop_carries.py`: one batching pass of `step`)
-    state = tied_to(_State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), jnp.eye(x0.size, dtype=x0.dtype),
+    start_hess = jnp.eye(x0.size, dtype=x0.dtype) if hess0 is None else mask_hessian(positive_definite(hess0))
+    state = tied_to(_State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), start_hess,
                            jnp.asarray(radius, x0.dtype), jnp.asarray(0),
                            jnp.where(run, NOT_EVALUATED, CONVERGED_GRADIENT),
                            jnp.asarray(0), jnp.ones(x0.size, x0.dtype), jnp.eye(x0.size, dtype=x0.dtype)),
@@ -216,16 +222,18 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
     def quasi_newton_hessian(s: _State, probing, column, probe_step, direction, grad, ok):
         """While probing: column `s.probe` of the difference Hessian (made positive definite
         after the last); then the BFGS update along the trial step."""
-        difference = s.hess * (1.0 - column)[None, :] + jnp.outer((grad - s.grad) / probe_step, column)
-        finished = mask_hessian(positive_definite(mask_hessian(difference)))
-        difference = jnp.where(s.probe == n_probes - 1, finished, difference)
-        updated = jnp.where(probing, difference, bfgs_update(s.hess, direction, grad - s.grad))
+        updated = bfgs_update(s.hess, direction, grad - s.grad)
+        if n_probes:
+            difference = s.hess * (1.0 - column)[None, :] + jnp.outer((grad - s.grad) / probe_step, column)
+            finished = mask_hessian(positive_definite(mask_hessian(difference)))
+            difference = jnp.where(s.probe == n_probes - 1, finished, difference)
+            updated = jnp.where(probing, difference, updated)
         return jnp.where(ok | probing, updated, s.hess)
 
     def step(s: _State) -> _State:
         started = s.status != NOT_EVALUATED
         direction = jnp.where(started, trust_region_step(s.grad, s.eigvals, s.eigvecs, s.radius), 0.0)
-        probing = jnp.zeros((), bool)  # exact Hessians: never
+        probing, column, probe_step = jnp.zeros((), bool), None, None  # exact Hessians, or hess0: never
         if n_probes:
             probing = started & (s.probe < n_probes)
             column, probe_step = probe_column(s)
@@ -241,7 +249,7 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         radius = jnp.where(started & ~probing, radius, s.radius)
         x = jnp.where(accept, s.x + direction, s.x)
         fun = jnp.where(accept, value, s.fun)
-        if n_probes:  # BFGS: updated along every trial step, accepted or not
+        if hessian == "bfgs":  # updated along every trial step, accepted or not
             hess = jnp.where(started, quasi_newton_hessian(s, probing, column, probe_step, direction, grad, ok),
                              s.hess)
         else:

@@ -16,7 +16,7 @@ from lmm_jax.dense import dense_profile
 from lmm_jax.arrays import bounded_mask, canonical_theta
 from lmm_jax.model import deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian
 from lmm_jax.schur_cholesky import MIN_REST_SIZE, schur_cholesky_parts
-from lmm_jax.start_search import term_scale_search
+from lmm_jax.start_search import quasi_newton_start
 from test_sparse_schur import FORMULA, crossed_frame
 
 Q2, T = 9, 3
@@ -96,6 +96,9 @@ def test_profile_and_gradient_through_the_rule_equal_the_dense_evaluator(medium_
     np.testing.assert_allclose(jax.jit(jax.grad(blocked))(theta), jax.jit(jax.grad(dense))(theta), rtol=1e-8, atol=1e-8)
 
 
+SCALAR_FORMULA = "y ~ x + (1 | student) + (1 | teacher) + (1 | room)"  # k = 3: the value-difference start H
+
+
 def no_room_effect(model):
     """The medium model's design with a response whose room variance is 0: a singular fit."""
     data = crossed_frame(seed=4, students=150, teachers=70, per_student=4)
@@ -106,23 +109,35 @@ def no_room_effect(model):
     return model.with_arrays(y=y)
 
 
+@pytest.fixture(scope="module")
+def scalar_model():
+    """The medium model's data with three scalar terms (θ of 3 entries)."""
+    data = crossed_frame(seed=4, students=150, teachers=70, per_student=4)
+    return lmm_jax.Model.from_formula(SCALAR_FORMULA, data, weights=np.linspace(0.5, 2.0, len(data)))
+
+
+@pytest.mark.parametrize("terms", ["vector term", "scalar terms"])
 @pytest.mark.parametrize("response", ["simulated", "no room effect"])
-def test_bfgs_fit_equals_the_exact_newton_fit(medium_model, response):
+def test_bfgs_fit_equals_the_exact_newton_fit(medium_model, scalar_model, response, terms):
     """The default fit (exact Newton, Hessians through the rule) and a BFGS fit from the
-    searched start reach the same optimum, also when it is singular (the boundary retry)."""
-    arrays, shape = medium_model.arrays, medium_model.shape
+    searched start reach the same optimum, also when it is singular (the boundary retry):
+    with θ of 5 entries BFGS starts from gradient differences, with 3 from the search's
+    value differences (the retry from the first minimum's H)."""
+    model = medium_model if terms == "vector term" else scalar_model
+    arrays, shape = model.arrays, model.shape
     if response == "no room effect":
-        arrays = no_room_effect(medium_model)
-    exact = fit_arrays(arrays, shape, medium_model.initial_theta())
+        arrays = no_room_effect(model)
+    exact = fit_arrays(arrays, shape, model.initial_theta())
 
     @jax.jit
     def bfgs_fit(arrays, theta0):
         deviance = deviance_function(arrays, shape)
-        start = term_scale_search(deviance, theta0, shape)
-        return minimize_with_boundary(deviance, start, bounded_mask(shape),
-                                      lambda t: canonical_theta(t, shape), 200, hessian="bfgs")
+        start, start_hessian = quasi_newton_start(deviance, theta0, shape)
+        assert (start_hessian is None) == (terms == "vector term")
+        return minimize_with_boundary(deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape),
+                                      200, hessian="bfgs", start_hessian=start_hessian)
 
-    theta, best, _, singular = bfgs_fit(arrays, medium_model.initial_theta())
+    theta, best, _, singular = bfgs_fit(arrays, model.initial_theta())
     assert int(exact.status) <= 1 and int(best.status) <= 1
     assert bool(singular) == bool(exact.singular) == (response == "no room effect")
     np.testing.assert_allclose(best.fun, exact.objective, rtol=1e-12)
