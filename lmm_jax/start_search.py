@@ -16,18 +16,23 @@ and every such block is scaled by 2^{u*} at the end. That point is kept when its
 is lower (one more value); InstEval's start moves from (0.25, 0.5, 0.125) to within 4% of
 the optimum (0.276, 0.435, 0.093).
 
-`quasi_newton_start` also gives BFGS its starting Hessian from criterion values at that
-start x (value f₀), for k ≤ `VALUE_HESSIAN_MAX_THETA` parameters: with steps h_i =
+`quasi_newton_start` also gives BFGS its starting quadratic model from criterion values at
+that start x (value f₀), for k ≤ `VALUE_HESSIAN_MAX_THETA` parameters: with steps h_i =
 `VALUE_HESSIAN_STEP` max(|x_i|, 10⁻²) and f_i^± = f(x ± h_i e_i), f_ij = f(x + h_i e_i + h_j e_j),
 
-    H_ii = (f_i⁺ - 2 f₀ + f_i⁻) / h_i²,    H_ij = (f_ij - f_i⁺ - f_j⁺ + f₀) / (h_i h_j)   (i > j),
+    g_i = (f_i⁺ - f_i⁻) / (2 h_i),    H_ii = (f_i⁺ - 2 f₀ + f_i⁻) / h_i²,
+    H_ij = (f_ij - f_i⁺ - f_j⁺ + f₀) / (h_i h_j)   (i > j),
 
-k(k + 3)/2 values in the same loop instead of `newton.minimize`'s k gradient differences
-(k value+gradients, each ~4 values on InstEval: 30 against 125 ms; 9 values against 3 for
-k = 3). On InstEval these entries are within 0.5% of the exact Hessian's at the start.
+k(k + 3)/2 values in the same loop instead of `newton.minimize`'s evaluation at x and its
+k gradient differences (k + 1 value+gradients, each ~4 values on InstEval: 30 against
+125 ms; 9 values against 4 for k = 3). On InstEval H is within 0.5% of the exact Hessian
+at the start and g within 1e-7 relative of the exact gradient (rounding in f, ~10⁻¹⁴
+relative, over h: g is only the first step's; every later one is exact).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,26 +66,34 @@ def hessian_probe_steps(x: jnp.ndarray) -> jnp.ndarray:
     return VALUE_HESSIAN_STEP * jnp.maximum(jnp.abs(x), 1e-2)
 
 
-def value_difference_hessian(f0, values: jnp.ndarray, steps: jnp.ndarray) -> jnp.ndarray:
-    """H from f₀ and the values at `hessian_probe_pattern`'s points (module docstring)."""
+class QuadraticModel(NamedTuple):
+    """f, ∇f and ∇²f at a point, from value differences."""
+
+    value: jnp.ndarray
+    grad: jnp.ndarray
+    hess: jnp.ndarray
+
+
+def value_difference_model(f0, values: jnp.ndarray, steps: jnp.ndarray) -> QuadraticModel:
+    """g and H from f₀ and the values at `hessian_probe_pattern`'s points (module docstring)."""
     k = steps.size
     up, down, pairs = values[:k], values[k:2 * k], values[2 * k:]
     i, j = np.tril_indices(k, -1)
     off = (pairs - up[i] - up[j] + f0) / (steps[i] * steps[j])
     hess = jnp.diag((up - 2.0 * f0 + down) / steps ** 2)
-    return hess.at[i, j].set(off).at[j, i].set(off)
+    return QuadraticModel(f0, (up - down) / (2.0 * steps), hess.at[i, j].set(off).at[j, i].set(off))
 
 
 def quasi_newton_start(deviance, x0: jnp.ndarray, shape: ModelShape):
-    """(start x, BFGS's starting Hessian there or None): `term_scale_search`'s start and, for
-    θ of at most `VALUE_HESSIAN_MAX_THETA` entries, H from value differences (module
-    docstring), else None (`newton.minimize` then probes with gradients)."""
+    """(start x, a `QuadraticModel` there or None): `term_scale_search`'s start and, for θ
+    of at most `VALUE_HESSIAN_MAX_THETA` entries, f, g and H from value differences (module
+    docstring), else None (`newton.minimize` then evaluates x and probes with gradients)."""
     k = shape.n_theta
     pattern = hessian_probe_pattern(k) if k <= VALUE_HESSIAN_MAX_THETA else np.zeros((0, k))
     x, fx, values = _search(deviance, x0, shape, pattern)
     if not pattern.shape[0]:
         return x, None
-    return x, value_difference_hessian(fx, values, hessian_probe_steps(x))
+    return x, value_difference_model(fx, values, hessian_probe_steps(x))
 
 
 def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
