@@ -86,10 +86,12 @@ def value_difference_model(f0, values: jnp.ndarray, steps: jnp.ndarray) -> Quadr
 
 def quasi_newton_start(deviance, x0: jnp.ndarray, shape: ModelShape):
     """(start x, a `QuadraticModel` there or None): `term_scale_search`'s start and, for θ
-    of at most `VALUE_HESSIAN_MAX_THETA` entries, f, g and H from value differences (module
-    docstring), else None (`newton.minimize` then evaluates x and probes with gradients)."""
+    of at most `VALUE_HESSIAN_MAX_THETA` entries in float64, f, g and H from value
+    differences (module docstring), else None (`newton.minimize` then evaluates x and probes
+    with gradients). Not in float32: its rounding in f (~10⁻⁷ relative) over h² would swamp H."""
     k = shape.n_theta
-    pattern = hessian_probe_pattern(k) if k <= VALUE_HESSIAN_MAX_THETA else np.zeros((0, k))
+    by_values = k <= VALUE_HESSIAN_MAX_THETA and x0.dtype == jnp.float64
+    pattern = hessian_probe_pattern(k) if by_values else np.zeros((0, k))
     x, fx, values = _search(deviance, x0, shape, pattern)
     if not pattern.shape[0]:
         return x, None

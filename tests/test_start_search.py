@@ -66,8 +66,8 @@ def test_search_keeps_the_halved_point_when_the_parabola_misleads():
 def test_start_model_from_values_is_exact_on_a_quadratic():
     """For θ of 3 entries the search also returns f, g and H from value differences at its
     start: on a quadratic (no third derivatives) they are the true ones up to rounding, and
-    the start is the plain search's. For θ of more than `VALUE_HESSIAN_MAX_THETA` entries:
-    no model."""
+    the start is the plain search's. For θ of more than `VALUE_HESSIAN_MAX_THETA` entries,
+    or in float32: no model."""
     a = np.array([[4.0, 0.6, -0.3], [0.6, 2.0, 0.2], [-0.3, 0.2, 1.0]])
     centre = np.array([0.3, 0.2, 0.05])
 
@@ -82,6 +82,7 @@ def test_start_model_from_values_is_exact_on_a_quadratic():
     np.testing.assert_allclose(model.hess, a, rtol=1e-7, atol=1e-7)
     big = fake_shape([1] * (VALUE_HESSIAN_MAX_THETA + 1))
     assert quasi_newton_start(lambda x: jnp.sum(x ** 2), jnp.ones(big.n_theta), big)[1] is None
+    assert quasi_newton_start(lambda x: jnp.sum(x ** 2), jnp.ones(3, jnp.float32), shape)[1] is None
 
 
 def test_value_difference_model_matches_autodiff_on_a_smooth_criterion():
