@@ -24,8 +24,8 @@ that start x (value f₀), for k ≤ `VALUE_HESSIAN_MAX_THETA` parameters: with 
     H_ij = (f_ij - f_i⁺ - f_j⁺ + f₀) / (h_i h_j)   (i > j),
 
 k(k + 3)/2 values in the same loop instead of `newton.minimize`'s evaluation at x and its
-k gradient differences (k + 1 value+gradients, each ~4 values on InstEval: 30 against
-125 ms; 9 values against 4 for k = 3). On InstEval H is within 0.5% of the exact Hessian
+k gradient differences (k + 1 value+gradients, each costing ~4 values on InstEval: 30-40
+against 125-160 ms; for k = 3, 9 values instead of 4 value+gradients). On InstEval H is within 0.5% of the exact Hessian
 at the start and g within 1e-7 relative of the exact gradient (rounding in f, ~10⁻¹⁴
 relative, over h: g is only the first step's; every later one is exact).
 """
