@@ -131,7 +131,7 @@ def optimizer_hessian(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
     complement has r ≥ `QUASI_NEWTON_MIN_REST` rows. On large crossed designs an exact
     Hessian by autodiff through the dense r x r factor costs ~10 gradients (InstEval: 2.3
     against 0.25 s), while BFGS from `quasi_newton_start`'s start and value-difference
-    Hessian needs 4 iterations where exact Newton needed 14. Decided from static shapes."""
+    Hessian needs 2 iterations where exact Newton needed 14. Decided from static shapes."""
     r = rest_size(shape) + arrays.X.shape[1] + 1
     return "bfgs" if evaluator == "blocked" and r >= QUASI_NEWTON_MIN_REST else "exact"
 
@@ -147,12 +147,11 @@ def closed_form_derivatives(arrays: ModelArrays, shape: ModelShape, evaluator: s
 
 
 def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int,
-                           hessian: str = "exact", derivatives=None, start_model=None):
+                           hessian: str = "exact", derivatives=None, start_hessian=None):
     """Minimise, put x in canonical form, then retry bounded entries near 0 at exactly 0
     (the others re-optimised) and keep that point when its deviance is no worse
     (`derivatives`: `newton.minimize`'s closed-form value, gradient and Hessian, or None;
-    `start_model`: BFGS's f, ∇f and H at x0 (`start_search.QuadraticModel`), and the retry
-    starts from the first minimum's H).
+    `start_hessian`: BFGS's H at x0, and the retry starts from the first minimum's H).
     Returns (x, the kept `OptimResult`, total iterations, singular). With no parameters at
     all (a linear model) there is nothing to optimise: the criterion is evaluated once."""
     if x0.size == 0:
@@ -165,30 +164,25 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
         """Phase 0 from x0 with every entry free; phase 1 from the first minimum with the
         bounded entries near 0 set to exactly 0 and held there. One traced `minimize`
         serves both (`lax.scan`), so the Newton loop is compiled once, not twice. The carry:
-        the last x, and with `start_model` the last BFGS H (a scan carry only then: one that
-        came out batched under vmap would re-batch the body)."""
-        previous_x, previous_hess = previous if start_model is not None else (previous, None)
+        the last x, and with `start_hessian` the last BFGS H (a scan carry only then: one
+        that came out batched under vmap would re-batch the body)."""
+        previous_x, previous_hess = previous if start_hessian is not None else (previous, None)
         x = canonicalize(previous_x)
         candidates = (index == 1) & bounded_array & (jnp.abs(x) < BOUNDARY_CANDIDATE)
         start = jnp.where(index == 0, x0, jnp.where(candidates, 0.0, x))
         tried = (index == 0) | jnp.any(candidates)
         # phase 1 without candidates would only re-evaluate the first minimum: not run (its
         # value +inf, never preferred)
-        hess0 = start_values = None
-        if start_model is not None:
-            hess0 = jnp.where(index == 0, start_model.hess, previous_hess)
-            start_values = (start_model.value, start_model.grad, index == 0)
+        hess0 = None if start_hessian is None else jnp.where(index == 0, start_hessian, previous_hess)
         result = minimize(deviance, start, ~candidates, maxiter=maxiter, hessian=hessian,
-                          derivatives=derivatives, run=tried, hess0=hess0, start_values=start_values)
-        return (result.x if start_model is None else (result.x, result.hess)), (result, tried)
+                          derivatives=derivatives, run=tried, hess0=hess0)
+        return (result.x if start_hessian is None else (result.x, result.hess)), (result, tried)
 
     if not np.any(bounded):  # nothing to try on the boundary (e.g. a gls fit)
-        hess0, start_values = ((None, None) if start_model is None
-                               else (start_model.hess, (start_model.value, start_model.grad, True)))
         first = minimize(deviance, x0, maxiter=maxiter, hessian=hessian, derivatives=derivatives,
-                         hess0=hess0, start_values=start_values)
+                         hess0=start_hessian)
         return canonicalize(first.x), first, first.iterations, jnp.zeros((), bool)
-    _, (phases, tried) = jax.lax.scan(phase, x0 if start_model is None else (x0, start_model.hess), jnp.arange(2))
+    _, (phases, tried) = jax.lax.scan(phase, x0 if start_hessian is None else (x0, start_hessian), jnp.arange(2))
     first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], phases) for i in range(2))
     x = canonicalize(first.x)
     use_boundary = tried[1] & (second.fun <= first.fun + BOUNDARY_SLACK) & second.converged
@@ -217,14 +211,14 @@ def fit_arrays_with_xtvx_inverse(arrays: ModelArrays, shape: ModelShape, theta0:
 
 def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int, evaluator: str):
     """(θ̂, the kept `OptimResult`, iterations, singular): `minimize_with_boundary` on the
-    criterion, from θ₀ or (BFGS fits) from `quasi_newton_start`'s start and quadratic model."""
+    criterion, from θ₀ or (BFGS fits) from `quasi_newton_start`'s start and Hessian."""
     theta0 = tied_to(theta0, data_reference((arrays, theta0)))  # under vmap: batched loop carries
     deviance = deviance_function(arrays, shape, evaluator)
     hessian = optimizer_hessian(arrays, shape, evaluator)
-    start, start_model = (quasi_newton_start(deviance, theta0, shape) if hessian == "bfgs" and shape.n_theta
-                          else (theta0, None))
+    start, start_hessian = (quasi_newton_start(deviance, theta0, shape, bounded_mask(shape))
+                            if hessian == "bfgs" and shape.n_theta else (theta0, None))
     return minimize_with_boundary(deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape),
-                                  maxiter, hessian, closed_form_derivatives(arrays, shape, evaluator), start_model)
+                                  maxiter, hessian, closed_form_derivatives(arrays, shape, evaluator), start_hessian)
 
 
 def _fit_params(optimum, profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> FitParams:

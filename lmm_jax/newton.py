@@ -29,10 +29,8 @@ x0 + h_j e_j, h_j = 1e-4 max(|x0_j|, 1e-2), before the first step; its eigenvalu
 in absolute value so that it is positive definite): an identity start needs ~3x the
 iterations on badly scaled criteria (InstEval's curvatures differ 8-fold), unless the
 caller gives a start H (`hess0`, e.g. from criterion values: `start_search.py`), which is
-used instead of the probes; with it may come f(x0) and ∇f(x0) (`start_values`, there from
-the same values' central differences), and then the loop takes its first step without
-evaluating f at x0. The same trust region, convergence tests (the Newton step then uses
-H) and `_polish` apply.
+used instead of the probes. The same trust region, convergence tests (the Newton step then
+uses H) and `_polish` apply.
 
 Returns an `OptimResult` record with a status code instead of raising inside jit.
 """
@@ -168,7 +166,7 @@ def trust_region_step(grad, eigvals, eigvecs, radius, bisections: int = 60):
 def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
              gtol: float = 1e-7, xtol: float = 1e-7, maxiter: int = 200,
              radius: float = 1.0, hessian: str = "exact", derivatives: Callable | None = None,
-             run=True, hess0: jnp.ndarray | None = None, start_values: tuple | None = None) -> OptimResult:
+             run=True, hess0: jnp.ndarray | None = None) -> OptimResult:
     """Minimise f from x0 over the entries where `free` is True (all by default), with the
     exact Hessian or (`hessian="bfgs"`) a quasi-Newton one. `derivatives`: x -> (f, ∇f, ∇²f)
     computed another way (closed form: `single_term_derivatives.py`), used instead of
@@ -176,17 +174,13 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
     never evaluated and the record of a minimisation that did not run comes back (x0, value
     +inf, status 0), without a `lax.cond` (whose batching rule traces both branches twice:
     under vmap most of a batch program's trace time). `hess0` (BFGS only): the starting H,
-    made positive definite, instead of the difference probes. `start_values` (with `hess0`):
-    (f(x0), ∇f(x0), use), the loop's start instead of its first evaluation where `use` (a
-    boolean, traced or not) holds and both are finite."""
+    made positive definite, instead of the difference probes."""
     if hessian not in HESSIANS:
         raise ValueError(f"hessian must be one of {tuple(HESSIANS)}, got {hessian!r}")
     if derivatives is not None and hessian != "exact":
         raise ValueError("derivatives= gives exact Hessians; it cannot be combined with hessian='bfgs'")
     if hess0 is not None and hessian != "bfgs":
         raise ValueError("hess0= starts a BFGS Hessian; exact Hessians need none")
-    if start_values is not None and hess0 is None:
-        raise ValueError("start_values= needs hess0= (the loop's first step reads H)")
     evaluate = HESSIANS[hessian](f) if derivatives is None else derivatives
     free = jnp.ones(x0.shape, bool) if free is None else free
     n_probes = x0.size if hessian == "bfgs" and hess0 is None else 0
@@ -213,16 +207,10 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
     # separate evaluation before it).
     # every carry batched when x0 or `run` is (`loop_carries.py`: one batching pass of `step`)
     start_hess = jnp.eye(x0.size, dtype=x0.dtype) if hess0 is None else mask_hessian(positive_definite(hess0))
-    fun0, grad0, evaluated = jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), jnp.zeros((), bool)
-    eigvals0, eigvecs0 = jnp.ones(x0.size, x0.dtype), jnp.eye(x0.size, dtype=x0.dtype)
-    if start_values is not None:
-        value, grad, use = start_values
-        evaluated = use & jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-        fun0, grad0 = jnp.where(evaluated, value, fun0), jnp.where(evaluated & free, grad, 0.0)
-        eigvals0, eigvecs0 = jnp.linalg.eigh(start_hess)
-    state = tied_to(_State(x0, fun0, grad0, start_hess, jnp.asarray(radius, x0.dtype), jnp.asarray(0),
-                           jnp.where(run, jnp.where(evaluated, -1, NOT_EVALUATED), CONVERGED_GRADIENT),
-                           jnp.asarray(0), eigvals0, eigvecs0),
+    state = tied_to(_State(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), start_hess,
+                           jnp.asarray(radius, x0.dtype), jnp.asarray(0),
+                           jnp.where(run, NOT_EVALUATED, CONVERGED_GRADIENT),
+                           jnp.asarray(0), jnp.ones(x0.size, x0.dtype), jnp.eye(x0.size, dtype=x0.dtype)),
                     jnp.sum(x0) + jnp.asarray(run, x0.dtype))
 
     def probe_column(s: _State):

@@ -121,8 +121,8 @@ def scalar_model():
 def test_bfgs_fit_equals_the_exact_newton_fit(medium_model, scalar_model, response, terms):
     """The default fit (exact Newton, Hessians through the rule) and a BFGS fit from the
     searched start reach the same optimum, also when it is singular (the boundary retry):
-    with θ of 5 entries BFGS starts from gradient differences, with 3 from the search's
-    value differences (f, g and H; the retry from the first minimum's H)."""
+    with θ of 5 entries BFGS starts from gradient differences, with 3 from the log-scale
+    Newton point of the search's value differences (the retry from the first minimum's H)."""
     model = medium_model if terms == "vector term" else scalar_model
     arrays, shape = model.arrays, model.shape
     if response == "no room effect":
@@ -132,10 +132,10 @@ def test_bfgs_fit_equals_the_exact_newton_fit(medium_model, scalar_model, respon
     @jax.jit
     def bfgs_fit(arrays, theta0):
         deviance = deviance_function(arrays, shape)
-        start, start_model = quasi_newton_start(deviance, theta0, shape)
-        assert (start_model is None) == (terms == "vector term")
+        start, start_hessian = quasi_newton_start(deviance, theta0, shape, bounded_mask(shape))
+        assert (start_hessian is None) == (terms == "vector term")
         return minimize_with_boundary(deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape),
-                                      200, hessian="bfgs", start_model=start_model)
+                                      200, hessian="bfgs", start_hessian=start_hessian)
 
     theta, best, _, singular = bfgs_fit(arrays, model.initial_theta())
     assert int(exact.status) <= 1 and int(best.status) <= 1
