@@ -28,7 +28,7 @@ starting H is the forward-difference Hessian of the gradient at x0 (n probes
 x0 + h_j e_j, h_j = 1e-4 max(|x0_j|, 1e-2), before the first step; its eigenvalues taken
 in absolute value so that it is positive definite): an identity start needs ~3x the
 iterations on badly scaled criteria (InstEval's curvatures differ 8-fold), unless the
-caller gives a start H (`hess0`, e.g. from criterion values: `start_search.py`), which is
+caller gives a start H (`hess0`, e.g. from criterion values: `value_differences.py`), which is
 used instead of the probes. The same trust region, convergence tests (the Newton step then
 uses H) and `_polish` apply.
 
