@@ -215,9 +215,10 @@ def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxite
     theta0 = tied_to(theta0, data_reference((arrays, theta0)))  # under vmap: batched loop carries
     deviance = deviance_function(arrays, shape, evaluator)
     hessian = optimizer_hessian(arrays, shape, evaluator)
-    start, start_hessian = (quasi_newton_start(deviance, theta0, shape, bounded_mask(shape))
+    bounded = bounded_mask(shape)
+    start, start_hessian = (quasi_newton_start(deviance, theta0, shape, bounded)
                             if hessian == "bfgs" and shape.n_theta else (theta0, None))
-    return minimize_with_boundary(deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape),
+    return minimize_with_boundary(deviance, start, bounded, lambda t: canonical_theta(t, shape),
                                   maxiter, hessian, closed_form_derivatives(arrays, shape, evaluator), start_hessian)
 
 

@@ -56,11 +56,9 @@ def quasi_newton_start(deviance, x0: jnp.ndarray, shape: ModelShape, log_scale: 
     else that start and None (`newton.minimize` then probes with gradients). Not in float32:
     its rounding in f (~10⁻⁷ relative) over h² would swamp H."""
     k = shape.n_theta
-    by_values = k <= VALUE_HESSIAN_MAX_THETA and x0.dtype == jnp.float64
-    pattern = probe_pattern(k) if by_values else np.zeros((0, k))
-    x, fx, values = _search(deviance, x0, shape, pattern)
-    if not pattern.shape[0]:
-        return x, None
+    if k > VALUE_HESSIAN_MAX_THETA or x0.dtype != jnp.float64:
+        return term_scale_search(deviance, x0, shape), None
+    x, fx, values = _search(deviance, x0, shape, probe_pattern(k))
     return log_scale_newton(x, value_difference_model(fx, values, probe_steps(x)), log_scale)
 
 
