@@ -27,6 +27,16 @@ def to_device(host_arrays):
     return jax.device_put(host_arrays, may_alias=False)
 
 
+def to_host(device_arrays):
+    """A device array, or a pytree of them, as numpy arrays (`jax.device_get`'s result).
+    On a CPU each leaf is read directly: `jax.device_get` first starts an asynchronous
+    copy of every leaf, which pays where copies overlap (a GPU) but on a CPU costs ~20 µs a
+    leaf (a sleepstudy fit's 14 result leaves: 0.30 -> 0.07 ms)."""
+    if jax.default_backend() != "cpu":
+        return jax.device_get(device_arrays)
+    return jax.tree_util.tree_map(np.asarray, device_arrays)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """Static description of a model: term sizes, their structures and the criterion.

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _config  # noqa: F401  (float64)
 from . import single_term_derivatives
-from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device
+from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device, to_host
 from .blocked import blocked_profile, blocked_profile_and_xtvx_inverse, cross_products, rest_size
 from .dense import dense_profile
 from .design import Design, build_design
@@ -308,6 +308,6 @@ class Model:
         enabled: `exported_programs.py`)."""
         from .results import FitResult, fit_with_summaries
 
-        params, post_fit = jax.device_get(cached_call(
+        params, post_fit = to_host(cached_call(
             fit_with_summaries, dict(arrays=self.arrays, theta0=self.initial_theta()), dict(shape=self.shape)))
         return FitResult(self, params, post_fit)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .arrays import ModelArrays, bounded_mask, canonical_theta, relative_factors
+from .arrays import ModelArrays, bounded_mask, canonical_theta, relative_factors, to_host
 from .design import build_design
 from .exported_programs import cached_call
 from .likelihood import profiled_deviance, profiled_sigma2
@@ -122,8 +122,8 @@ class ResidualModel(Model):
         """Fit and return a `ResidualFitResult`: the fit and its summaries as one program
         (`fit_residual_with_summaries`), one call and one copy back."""
         args = dict(arrays=self.arrays, res=self.residual_arrays, x0=self.initial_theta())
-        params, post_fit = jax.device_get(cached_call(fit_residual_with_summaries, args,
-                                                      dict(shape=self.residual_shape)))
+        params, post_fit = to_host(cached_call(fit_residual_with_summaries, args,
+                                         dict(shape=self.residual_shape)))
         return ResidualFitResult(self, params, post_fit)
 
 

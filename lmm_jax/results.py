@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .arrays import ModelArrays, ModelShape, relative_factors, to_device
+from .arrays import ModelArrays, ModelShape, relative_factors, to_device, to_host
 from .known_covariance import report_arrays
 from .blocked import blocked_summaries, cross_products
 from .exported_programs import cached_call
@@ -59,7 +59,7 @@ class FitResult:
         self.method = model.method
         self.theta = np.asarray(params.theta) + 0.0  # no negative zeros
         self.sigma = float(np.sqrt(params.sigma2))
-        post_fit = jax.device_get(self._post_fit_values()) if post_fit is None else post_fit
+        post_fit = to_host(self._post_fit_values()) if post_fit is None else post_fit
         xtvx_inv, effects, fitted, rel_cov = post_fit
         names = list(self.design.fixed_names)
         self.fixef = pd.Series(np.asarray(params.beta), index=names, name="estimate")

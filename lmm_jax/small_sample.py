@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from .arrays import ModelArrays, ModelShape
+from .arrays import ModelArrays, ModelShape, to_host
 from .blocked import cross_products
 from .exported_programs import cached_call
 from .kenward_roger import KenwardRogerTerms, kenward_roger_adjust, kenward_roger_terms
@@ -56,9 +56,9 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
 def fit_terms(result) -> SmallSampleTerms:
     """`small_sample_terms` at a `FitResult`'s estimates, on the host."""
     model, params = result.model, result.params
-    return jax.device_get(cached_call(small_sample_terms,
-                                      dict(arrays=model.arrays, theta=params.theta, sigma2=params.sigma2),
-                                      dict(shape=model.shape, boundary=bool(result.singular))))
+    return to_host(cached_call(small_sample_terms,
+                                 dict(arrays=model.arrays, theta=params.theta, sigma2=params.sigma2),
+                                 dict(shape=model.shape, boundary=bool(result.singular))))
 
 
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
