@@ -19,7 +19,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
     frame = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata))
     X = _matrix(design.fixed_spec, frame, "fixed part")
-    names = [("(Intercept)" if c == "Intercept" else c) for c in X.columns]
+    names = [("(Intercept)" if c == "Intercept" else c) for c in X.model_spec.column_names]
     keep = [names.index(n) for n in design.fixed_names]
     out = np.asarray(X, dtype=float)[:, keep] @ result.fixef.to_numpy()
     if not random_effects:

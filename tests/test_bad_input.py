@@ -31,6 +31,25 @@ def test_nan_in_response_is_dropped_with_a_warning(sleepstudy):
     np.testing.assert_allclose(result.fixef, clean.fixef, rtol=1e-10)
 
 
+def test_a_complete_frame_is_read_not_copied_and_the_model_owns_its_arrays(sleepstudy):
+    """Without missing values or weights the design reads the caller's frame itself; the
+    model's arrays are still its own: a later change to the frame changes neither it nor
+    the fit, and the frame is untouched by the fit."""
+    data = sleepstudy.assign(t=sleepstudy["Days"] / 10.0)
+    before = data.copy()
+    model = lmm_jax.Model.from_formula("Reaction ~ 0 + t + (0 + t | Subject)", data)
+    pd.testing.assert_frame_equal(data, before)
+    design = model.design
+    for array in (design.y, design.X, design.terms[0].values):
+        assert not np.shares_memory(array, data["Reaction"].to_numpy())
+        assert not np.shares_memory(array, data["t"].to_numpy())
+    fixef = model.fit().fixef.to_numpy()
+    data.loc[0, "Reaction"] = 1e6
+    data.loc[0, "t"] = 50.0
+    assert design.y[0] == before.loc[0, "Reaction"] and design.X[0, 0] == before.loc[0, "t"]
+    np.testing.assert_array_equal(model.fit().fixef.to_numpy(), fixef)
+
+
 def test_missing_values_in_several_columns_and_in_the_weights(sleepstudy):
     """Each column's count is named, a row missing in two columns is dropped once, and a
     missing prior weight (array or column) drops its row too."""

@@ -47,7 +47,7 @@ def test_one_structured_call_equals_the_part_by_part_calls(sleepstudy, formula, 
 
 def _assert_same_matrix(spec, reference_spec, rows):
     matrix, reference = spec.get_model_matrix(rows), reference_spec.get_model_matrix(rows)
-    assert list(matrix.columns) == list(reference.columns)
+    assert list(matrix.model_spec.column_names) == list(reference.model_spec.column_names)
     np.testing.assert_array_equal(np.asarray(matrix, dtype=float), np.asarray(reference, dtype=float))
 
 
