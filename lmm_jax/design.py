@@ -240,20 +240,25 @@ def _literal_levels(node: ast.Call):
 
 def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
                   outside_levels: dict | None = None) -> tuple[pd.DataFrame, int]:
-    """The rows without missing values in the used columns (and the prior weights), and how
-    many were dropped. Missing values are found column by column on the columns' arrays
-    (`pd.isna` knows NaN, None, NA and NaT). `outside_levels`: more rows counted as missing,
-    by label (`_outside_given_levels`).
-
-    Without weights and with no row dropped this is the caller's frame itself, which the
-    design only reads (a frame of the used columns costs ~0.2 ms of a ~4 ms sleepstudy
-    fit); otherwise a new frame of the used columns, with the weights as `__weights__`, and
-    the caller's frame is untouched."""
+    """Keep the used columns of rows without missing values (a new frame; the caller's is
+    untouched). Missing values are found column by column on the columns' arrays (`pd.isna`
+    knows NaN, None, NA and NaT), not by a frame-wide `isna` on a copy (sleepstudy: 0.46 ->
+    0.3 ms). `outside_levels`: more rows counted as missing, by label
+    (`_outside_given_levels`)."""
+    sub = frame[used]  # list selection: a new frame
     missing = {col: pd.isna(frame[col].to_numpy()) for col in used}
     missing.update(outside_levels or {})
-    w = _given_weights(weights, frame)
-    if w is not None:
+    if weights is not None and not isinstance(weights, str):
+        w = np.asarray(weights, dtype=float)
+        if w.shape != (len(frame),):
+            raise DataError(f"weights must have one value per row ({len(frame)}), got shape {w.shape}")
         missing["__weights__"] = np.isnan(w)
+        sub = sub.assign(__weights__=w)
+    elif isinstance(weights, str):
+        if weights not in frame.columns:
+            raise DataError(f"weights column {weights!r} is not in the data")
+        sub = sub.assign(__weights__=frame[weights].to_numpy(dtype=float))
+        missing["__weights__"] = np.isnan(sub["__weights__"].to_numpy())
     bad_rows = np.logical_or.reduce(list(missing.values()))
     n_dropped = int(bad_rows.sum())
     if n_dropped:
@@ -261,26 +266,10 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
         detail = ", ".join(f"{'weights' if col == '__weights__' else col} ({n})" for col, n in counts.items())
         warnings.warn(f"dropped {n_dropped} of {len(frame)} rows with missing values in: {detail}",
                       stacklevel=4)
-    if n_dropped == len(frame):
+        sub = sub.loc[~bad_rows]
+    if len(sub) == 0:
         raise DataError("no rows left after dropping rows with missing values")
-    if w is None and not n_dropped:
-        return frame, 0
-    sub = frame[used] if w is None else frame[used].assign(__weights__=w)  # list selection: a new frame
-    return (sub.loc[~bad_rows] if n_dropped else sub), n_dropped
-
-
-def _given_weights(weights, frame: pd.DataFrame) -> np.ndarray | None:
-    """The prior weights as floats, one per row of `frame` (None without weights)."""
-    if weights is None:
-        return None
-    if isinstance(weights, str):
-        if weights not in frame.columns:
-            raise DataError(f"weights column {weights!r} is not in the data")
-        return frame[weights].to_numpy(dtype=float)
-    w = np.asarray(weights, dtype=float)
-    if w.shape != (len(frame),):
-        raise DataError(f"weights must have one value per row ({len(frame)}), got shape {w.shape}")
-    return w
+    return sub, n_dropped
 
 
 def _prior_weights(weights, frame: pd.DataFrame) -> np.ndarray:

@@ -31,10 +31,10 @@ def test_nan_in_response_is_dropped_with_a_warning(sleepstudy):
     np.testing.assert_allclose(result.fixef, clean.fixef, rtol=1e-10)
 
 
-def test_a_complete_frame_is_read_not_copied_and_the_model_owns_its_arrays(sleepstudy):
-    """Without missing values or weights the design reads the caller's frame itself; the
-    model's arrays are still its own: a later change to the frame changes neither it nor
-    the fit, and the frame is untouched by the fit."""
+def test_the_model_owns_its_arrays(sleepstudy):
+    """The model's arrays share no memory with the caller's frame (formulaic's numpy output
+    included): a later change to the frame changes neither the design nor the fit, and the
+    frame is untouched by the fit."""
     data = sleepstudy.assign(t=sleepstudy["Days"] / 10.0)
     before = data.copy()
     model = lmm_jax.Model.from_formula("Reaction ~ 0 + t + (0 + t | Subject)", data)
@@ -48,6 +48,16 @@ def test_a_complete_frame_is_read_not_copied_and_the_model_owns_its_arrays(sleep
     data.loc[0, "t"] = 50.0
     assert design.y[0] == before.loc[0, "Reaction"] and design.X[0, 0] == before.loc[0, "t"]
     np.testing.assert_array_equal(model.fit().fixef.to_numpy(), fixef)
+
+
+@pytest.mark.parametrize("formula", ["Reaction ~ center(Days) + (1 | Subject)", "Reaction ~ C(Days) + (1 | Subject)",
+                                     "log(Reaction) ~ Days + (1 | Subject)"])
+def test_an_unused_column_named_like_a_function_does_not_shadow_it(sleepstudy, formula):
+    """formulaic sees only the columns the formula reads: a data column `center`, `C` or
+    `log` that the formula does not use leaves the function of that name in place."""
+    shadowing = sleepstudy.assign(center=1.0, C=1.0, log=1.0)
+    np.testing.assert_array_equal(lmm_jax.fit(formula, shadowing).fixef.to_numpy(),
+                                  lmm_jax.fit(formula, sleepstudy).fixef.to_numpy())
 
 
 def test_missing_values_in_several_columns_and_in_the_weights(sleepstudy):
