@@ -24,6 +24,7 @@ def _part_by_part(parsed, frame):
     "Reaction ~ C(week) * Days + (C(week) | Subject)",
     "Reaction ~ C(week) + I(Days ** 2) + (0 + C(week) | Subject) + (0 + center(Days) | Subject)",
     "Reaction ~ center(Days) + (center(Days) | Subject)",
+    "Reaction ~ Days + (1 | Subject) + (1 | week) + (Days + 1 | Subject)",
 ])
 def test_one_structured_call_equals_the_part_by_part_calls(sleepstudy, formula, monkeypatch):
     data = sleepstudy.assign(week=np.where(sleepstudy["Days"] < 5, "first", "second"))
@@ -49,6 +50,23 @@ def _assert_same_matrix(spec, reference_spec, rows):
     matrix, reference = spec.get_model_matrix(rows), reference_spec.get_model_matrix(rows)
     assert list(matrix.model_spec.column_names) == list(reference.model_spec.column_names)
     np.testing.assert_array_equal(np.asarray(matrix, dtype=float), np.asarray(reference, dtype=float))
+
+
+def test_an_expression_seen_before_is_materialised_once(sleepstudy, monkeypatch):
+    """`Days` repeats the fixed part's terms (1 + Days) and the second `1` the first: formulaic
+    is asked for the fixed part and one random part only, and the terms still get their
+    matrices (equal to the part-by-part build: the test above)."""
+    asked = []
+    materialise = design._materialise
+    monkeypatch.setattr(design, "_materialise",
+                        lambda formula, frame: asked.append(formula) or materialise(formula, frame))
+    data = sleepstudy.assign(week=np.where(sleepstudy["Days"] < 5, "first", "second"))
+    built = design.build_design("Reaction ~ Days + (Days | Subject) + (1 | week) + (1 | Subject)", data)
+    assert len(asked) == 1
+    assert [hasattr(asked[0], part) for part in ("fixed", "random0", "random1", "random2")] == [True, False, True, False]
+    assert [t.column_names for t in built.terms] == [("(Intercept)", "Days"), ("(Intercept)",), ("(Intercept)",)]
+    np.testing.assert_array_equal(built.terms[0].values, built.X)
+    assert not np.shares_memory(built.terms[1].values, built.terms[2].values)
 
 
 def test_the_structured_call_keeps_each_parts_intercept(sleepstudy):
