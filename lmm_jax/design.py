@@ -245,7 +245,7 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
     knows NaN, None, NA and NaT), not by a frame-wide `isna` on a copy (sleepstudy: 0.46 ->
     0.3 ms). `outside_levels`: more rows counted as missing, by label
     (`_outside_given_levels`)."""
-    sub = frame[used]  # list selection: a new frame
+    sub = _columns(frame, used)
     missing = {col: pd.isna(frame[col].to_numpy()) for col in used}
     missing.update(outside_levels or {})
     if weights is not None and not isinstance(weights, str):
@@ -270,6 +270,15 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
     if len(sub) == 0:
         raise DataError("no rows left after dropping rows with missing values")
     return sub, n_dropped
+
+
+def _columns(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """A new frame of `frame`'s columns `names`: by position with `take` when the column
+    names are unique (sleepstudy: 0.04 ms against 0.19 ms for `frame[names]`, whose label
+    lookup is slow in pandas 3), else by label."""
+    if frame.columns.is_unique:  # each get_loc is then an int (get_indexer costs 0.06 ms here)
+        return frame.take([frame.columns.get_loc(name) for name in names], axis=1)
+    return frame[names]
 
 
 def _prior_weights(weights, frame: pd.DataFrame) -> np.ndarray:

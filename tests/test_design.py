@@ -150,3 +150,19 @@ def test_levels_covering_every_value_drop_nothing(sleepstudy):
         result = lmm_jax.fit("Reaction ~ C(Days, levels=list(range(10))) + (1 | Subject)", sleepstudy)
     assert result.nobs == 180
     assert len(result.fixef) == 10
+
+
+@pytest.mark.parametrize("columns", [["b", "a", "c", "d"], ["b", "a", "b", "d"]])
+def test_the_used_columns_frame_equals_a_label_selection(columns):
+    """`_columns` (by position when the names are unique) selects what `frame[names]` does:
+    values, dtypes (a categorical, strings) and the caller's row labels; with repeated names
+    it is that label selection."""
+    frame = pd.DataFrame({0: [1.5, 2.5, np.nan], 1: ["x", "y", "x"], 2: pd.Categorical(["u", "v", "u"]),
+                          3: [1, 2, 3]}, index=[10, 30, 20])
+    frame.columns = columns
+    before = frame.copy()
+    names = ["d", "b", "a"]
+    selected = design._columns(frame, names)
+    pd.testing.assert_frame_equal(selected, frame[names])
+    selected.iloc[0, 0] = -1
+    pd.testing.assert_frame_equal(frame, before)
