@@ -57,6 +57,7 @@ class ParsedFormula:
     response: str
     fixed: str
     random: tuple[RandomTermSpec, ...]
+    fixed_rhs: str = "1"  # the fixed part's right-hand side: `fixed` is f"{response} ~ {fixed_rhs}"
 
 
 def parse_formula(formula: str) -> ParsedFormula:
@@ -84,7 +85,7 @@ def parse_formula(formula: str) -> ParsedFormula:
         else:
             random_terms.extend(bar)
     fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
-    return ParsedFormula(formula, response, f"{response} ~ {fixed_rhs}", tuple(random_terms))
+    return ParsedFormula(formula, response, f"{response} ~ {fixed_rhs}", tuple(random_terms), fixed_rhs)
 
 
 def _random_term(part: str) -> list[RandomTermSpec] | None:

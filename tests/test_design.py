@@ -25,6 +25,8 @@ def _part_by_part(parsed, frame):
     "Reaction ~ C(week) + I(Days ** 2) + (0 + C(week) | Subject) + (0 + center(Days) | Subject)",
     "Reaction ~ center(Days) + (center(Days) | Subject)",
     "Reaction ~ Days + (1 | Subject) + (1 | week) + (Days + 1 | Subject)",
+    "Days ~ Reaction + (1 | Subject)",
+    "np.log(Reaction) ~ Days + (1 | Subject)",
 ])
 def test_one_structured_call_equals_the_part_by_part_calls(sleepstudy, formula, monkeypatch):
     data = sleepstudy.assign(week=np.where(sleepstudy["Days"] < 5, "first", "second"))
@@ -166,3 +168,18 @@ def test_the_used_columns_frame_equals_a_label_selection(columns):
     pd.testing.assert_frame_equal(selected, frame[names])
     selected.iloc[0, 0] = -1
     pd.testing.assert_frame_equal(frame, before)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64", "Float64", "Int64", "float32", "bool"])
+def test_a_response_read_from_its_column_is_formulaics_left_hand_side(sleepstudy, dtype):
+    """A bare numeric response is read from its column (not materialised); its y equals
+    formulaic's left-hand side, for numpy and pandas' nullable dtypes, and is a copy. A
+    logical one is still materialised by formulaic (0/1)."""
+    values = sleepstudy["Reaction"] < 280 if dtype == "bool" else (sleepstudy["Reaction"] * 10).round()
+    data = sleepstudy.assign(Reaction=values.astype(dtype))
+    parsed = design.parse_formula("Reaction ~ Days + (1 | Subject)")
+    assert design._response_column(parsed, data) == (None if dtype == "bool" else "Reaction")
+    built = design.build_design(parsed.text, data)
+    expected = np.asarray(design._materialise(design._formulaic(parsed.fixed), data).lhs, dtype=float)[:, 0]
+    np.testing.assert_array_equal(built.y, expected)
+    assert built.y.dtype == np.float64 and not np.shares_memory(built.y, data["Reaction"].to_numpy())
