@@ -284,7 +284,7 @@ def _columns(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 def _prior_weights(weights, frame: pd.DataFrame) -> np.ndarray:
     if weights is None:
         return np.ones(len(frame))
-    w = frame["__weights__"].to_numpy(dtype=float)
+    w = np.array(frame["__weights__"], dtype=float)  # our own copy, whatever pandas shares
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise DataError("prior weights must be finite and positive")
     return w

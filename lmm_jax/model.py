@@ -61,12 +61,10 @@ class FitParams(NamedTuple):
     residual: jnp.ndarray | None = None  # R-side parameters, unconstrained (`residual_model.py`)
 
 
-def make_arrays(design: Design) -> ModelArrays:
-    """The design's host arrays on the default device (`to_device`, in one call)."""
-    y, X, weights, codes, values = to_device((design.y, design.X, design.weights,
-                                              tuple(t.codes for t in design.terms),
-                                              tuple(t.values for t in design.terms)))
-    return ModelArrays(y, X, weights, codes, values, schur_pairs(design))
+def host_arrays(design: Design) -> ModelArrays:
+    """The design's arrays as a `ModelArrays` of numpy arrays (the design's own)."""
+    return ModelArrays(design.y, design.X, design.weights, tuple(t.codes for t in design.terms),
+                       tuple(t.values for t in design.terms), schur_pairs(design))
 
 
 def make_shape(design: Design, method: str, known_scale: bool = False) -> ModelShape:
@@ -238,9 +236,21 @@ class Model:
         self.design = design
         self.method = "REML" if _is_reml(method) else "ML"
         self.shape = make_shape(design, self.method, known_scale)
-        self.arrays = make_arrays(design)
+        self.host_arrays = host_arrays(design)
         self.data_name = data_name
+        self._arrays = None  # `arrays`, copied to the device on first use
         self._initial_theta = None  # `initial_theta`, copied to the device on first use
+
+    @property
+    def arrays(self) -> ModelArrays:
+        """The model's arrays on the default device (`to_device`, in one call), copied there
+        once, when first asked for: `fit` passes the host arrays to its compiled program
+        instead, whose call copies them in ~0.02 ms where `to_device` takes ~0.15 ms
+        (sleepstudy's nine arrays)."""
+        if self._arrays is None:
+            with jax.ensure_compile_time_eval():  # a concrete array even when first asked for
+                self._arrays = to_device(self.host_arrays)  # inside a trace
+        return self._arrays
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
@@ -308,6 +318,12 @@ class Model:
         enabled: `exported_programs.py`)."""
         from .results import FitResult, fit_with_summaries
 
-        params, post_fit = to_host(cached_call(
-            fit_with_summaries, dict(arrays=self.arrays, theta0=self.initial_theta()), dict(shape=self.shape)))
+        params, post_fit = to_host(cached_call(fit_with_summaries, self._program_arguments(), dict(shape=self.shape)))
         return FitResult(self, params, post_fit)
+
+    def _program_arguments(self) -> dict:
+        """`arrays` and `theta0` for a compiled program called from the host: the device
+        arrays when they are there already, else the host arrays (`arrays`)."""
+        if self._arrays is None:
+            return dict(arrays=self.host_arrays, theta0=self.shape.initial_theta())
+        return dict(arrays=self._arrays, theta0=self.initial_theta())

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .arrays import to_device
 
 MIN_REST_SIZE = 64  # q₂ below this: the dense product is cheap, keep it
 MIN_SAVING = 8.0  # use the pairs when the dense product does this many times more work
@@ -118,7 +117,7 @@ def schur_pairs(design) -> SchurPairs | None:
     by_column = np.argsort(columns, kind="stable")
     entry_of_position = np.empty(by_column.size, np.int32)
     entry_of_position[by_column] = np.arange(by_column.size, dtype=np.int32)
-    as_int = (lambda values: to_device(values.astype(np.int32, copy=False)))
+    as_int = (lambda values: values.astype(np.int32, copy=False))  # host arrays (`model.host_arrays`)
     return SchurPairs(as_int(pair_level[order]), as_int(rows[order]), as_int(cols[order]),
                       as_int(owners[by_column]), as_int(columns[by_column]),
                       as_int(entry_of_position[row_position[order]]),

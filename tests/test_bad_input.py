@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,21 +32,29 @@ def test_nan_in_response_is_dropped_with_a_warning(sleepstudy):
     np.testing.assert_allclose(result.fixef, clean.fixef, rtol=1e-10)
 
 
-def test_the_model_owns_its_arrays(sleepstudy):
-    """The model's arrays share no memory with the caller's frame (formulaic's numpy output
-    included): a later change to the frame changes neither the design nor the fit, and the
-    frame is untouched by the fit."""
-    data = sleepstudy.assign(t=sleepstudy["Days"] / 10.0)
+@pytest.mark.parametrize("weights", [None, "w", "array"])
+def test_the_model_owns_its_arrays(sleepstudy, weights):
+    """The model's arrays share no memory with the caller's frame (formulaic's numpy output,
+    a categorical's codes and a weights column included): a later change to the frame
+    changes neither the design nor the fit (which reads the host arrays, `Model.arrays`),
+    and the frame is untouched by the fit."""
+    data = sleepstudy.assign(t=sleepstudy["Days"] / 10.0, w=1.0 + sleepstudy["Days"] / 9.0,
+                             Subject=sleepstudy["Subject"].astype("category"))
     before = data.copy()
-    model = lmm_jax.Model.from_formula("Reaction ~ 0 + t + (0 + t | Subject)", data)
+    given = data["w"].to_numpy().copy() if weights == "array" else weights  # a writeable array
+    model = lmm_jax.Model.from_formula("Reaction ~ 0 + t + (0 + t | Subject)", data, weights=given)
     pd.testing.assert_frame_equal(data, before)
     design = model.design
-    for array in (design.y, design.X, design.terms[0].values):
-        assert not np.shares_memory(array, data["Reaction"].to_numpy())
-        assert not np.shares_memory(array, data["t"].to_numpy())
+    columns = [data[name].to_numpy() for name in ("Reaction", "t", "w")] + [data["Subject"].cat.codes.to_numpy()]
+    columns += [] if given is None or isinstance(given, str) else [given]
+    for array in jax.tree_util.tree_leaves(model.host_arrays):
+        assert not any(np.shares_memory(array, column) for column in columns)
     fixef = model.fit().fixef.to_numpy()
     data.loc[0, "Reaction"] = 1e6
     data.loc[0, "t"] = 50.0
+    data.loc[0, "w"] = 3.0
+    if weights == "array":
+        given[:] = 7.0
     assert design.y[0] == before.loc[0, "Reaction"] and design.X[0, 0] == before.loc[0, "t"]
     np.testing.assert_array_equal(model.fit().fixef.to_numpy(), fixef)
 
