@@ -497,7 +497,13 @@ def _lme4_name(column: str) -> str:
 
 
 def _drop_rank_deficient(X: np.ndarray, names: list[str]):
-    """Keep columns left to right while they add rank (R's qr with tol 1e-7); warn naming the rest."""
+    """Keep columns left to right while they add rank (R's qr with tol 1e-7); warn naming the rest.
+
+    Column j adds rank when its residual on the columns before it is longer than 1e-7 of its
+    norm; that residual's length is |R_jj| of X's unpivoted QR, so a full-rank X (the usual
+    case) is one QR (`_adds_rank_everywhere`) and only a deficient one takes the column loop."""
+    if _adds_rank_everywhere(X):
+        return X.copy(), list(names), []  # a copy, as X[:, kept] is: X may be formulaic's own array
     kept: list[int] = []
     basis = np.zeros((X.shape[0], 0))
     for j in range(X.shape[1]):
@@ -514,6 +520,14 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]):
                       f"column{'s' if n > 1 else ''} / coefficient{'s' if n > 1 else ''}: "
                       f"{', '.join(dropped)}", stacklevel=4)
     return X[:, kept], [names[j] for j in kept], dropped
+
+
+def _adds_rank_everywhere(X: np.ndarray) -> bool:
+    """Whether every column of X adds rank (`_drop_rank_deficient`): |R_jj| > 1e-7 ||X_j||."""
+    if X.shape[1] == 0 or X.shape[1] > X.shape[0]:
+        return X.shape[1] == 0
+    norms = np.linalg.norm(X, axis=0)
+    return bool(np.all(np.abs(np.diag(np.linalg.qr(X, mode="r"))) > RANK_TOLERANCE * norms) and np.all(norms > 0))
 
 
 def _check_sizes(terms: list[RandomTerm], n: int, parsed: ParsedFormula) -> None:

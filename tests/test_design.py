@@ -183,3 +183,31 @@ def test_a_response_read_from_its_column_is_formulaics_left_hand_side(sleepstudy
     expected = np.asarray(design._materialise(design._formulaic(parsed.fixed), data).lhs, dtype=float)[:, 0]
     np.testing.assert_array_equal(built.y, expected)
     assert built.y.dtype == np.float64 and not np.shares_memory(built.y, data["Reaction"].to_numpy())
+
+
+def _rank_cases():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(40, 3))
+    near = lambda scale: np.column_stack([base, base[:, 0] + scale * rng.normal(size=40)])
+    return {"full rank": base, "a copy of a column": np.column_stack([base, base[:, 1]]),
+            "a sum of columns": np.column_stack([base[:, :2], base[:, 0] - 2 * base[:, 1], base[:, 2]]),
+            "above the tolerance": near(1e-5), "below the tolerance": near(1e-9),
+            "a zero column": np.column_stack([base, np.zeros(40)]), "more columns than rows": base[:2],
+            "an intercept and a constant": np.column_stack([np.ones(40), np.full(40, 3.0), base[:, 0]])}
+
+
+@pytest.mark.parametrize("case", list(_rank_cases()))
+def test_the_full_rank_check_keeps_what_the_column_loop_keeps(case, monkeypatch):
+    """One QR decides a full-rank X; the column-by-column loop decides the rest: both keep
+    the same columns (the loop alone, with the QR check switched off, is the reference)."""
+    X = _rank_cases()[case]
+    names = [f"x{j}" for j in range(X.shape[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        kept, kept_names, dropped = design._drop_rank_deficient(X, names)
+        monkeypatch.setattr(design, "_adds_rank_everywhere", lambda X: False)
+        loop_kept, loop_names, loop_dropped = design._drop_rank_deficient(X, names)
+    assert (kept_names, dropped) == (loop_names, loop_dropped)
+    np.testing.assert_array_equal(kept, loop_kept)
+    assert not np.shares_memory(kept, X)
+    assert (len(dropped) == 0) == (case in ("full rank", "above the tolerance"))
