@@ -177,13 +177,21 @@ def _formula_variables(text: str, frame: pd.DataFrame) -> set[str]:
 
 @lru_cache(maxsize=256)
 def _python_factor_names(text: str) -> frozenset[str]:
-    """Every name the Python factors of `text` read as a value (not the functions they call:
-    `center` in `center(x)`, `np` in `np.log(x)` is kept but is not a column)."""
+    """Every name the Python factors of `text` read as a value, not the functions they call:
+    not `center` in `center(x)`, nor `np` in `np.log(x)` (a data column named `np` would
+    otherwise be handed to formulaic and hide numpy from it)."""
     names = set()
     for tree in _python_factor_trees(text):
-        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        called = {id(_callee_root(node.func)) for node in ast.walk(tree) if isinstance(node, ast.Call)}
         names |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and id(node) not in called}
     return frozenset(names)
+
+
+def _callee_root(func: ast.expr) -> ast.expr:
+    """The name a called expression starts from: `np` for `np.log`, `f` for `f`."""
+    while isinstance(func, ast.Attribute):
+        func = func.value
+    return func
 
 
 @lru_cache(maxsize=256)

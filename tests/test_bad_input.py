@@ -60,11 +60,12 @@ def test_the_model_owns_its_arrays(sleepstudy, weights):
 
 
 @pytest.mark.parametrize("formula", ["Reaction ~ center(Days) + (1 | Subject)", "Reaction ~ C(Days) + (1 | Subject)",
-                                     "log(Reaction) ~ Days + (1 | Subject)"])
+                                     "log(Reaction) ~ Days + (1 | Subject)",
+                                     "np.log(Reaction) ~ Days + (np.exp(Days / 10) | Subject)"])
 def test_an_unused_column_named_like_a_function_does_not_shadow_it(sleepstudy, formula):
-    """formulaic sees only the columns the formula reads: a data column `center`, `C` or
-    `log` that the formula does not use leaves the function of that name in place."""
-    shadowing = sleepstudy.assign(center=1.0, C=1.0, log=1.0)
+    """formulaic sees only the columns the formula reads: a data column `center`, `C`, `log`
+    or `np` that the formula does not use leaves the function (or module) of that name in place."""
+    shadowing = sleepstudy.assign(center=1.0, C=1.0, log=1.0, np=1.0)
     np.testing.assert_array_equal(lmm_jax.fit(formula, shadowing).fixef.to_numpy(),
                                   lmm_jax.fit(formula, sleepstudy).fixef.to_numpy())
 

@@ -124,8 +124,11 @@ def test_missing_values_inside_a_stateful_transform_drop_their_rows(sleepstudy):
 
 
 def test_python_factor_names_leave_out_the_functions_called():
+    """Functions and the modules they are called from are no columns; a name read as a value
+    (`u` in `I(u * 2)`, even `np` in `I(np + 1)`) is one."""
     assert design._python_factor_names("y ~ center(x) + np.log(w) + C(g):scale(z, ddof=0)") == \
-        {"x", "np", "w", "g", "z"}
+        {"x", "w", "g", "z"}
+    assert design._python_factor_names("y ~ np.exp(u) + I(np + 1)") == {"u", "np"}
 
 
 # lme4 1.1.31: lmer(Reaction ~ factor(Days, levels = c(1, 2)) + (1 | Subject), sleepstudy)
