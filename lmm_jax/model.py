@@ -322,8 +322,17 @@ class Model:
         return FitResult(self, params, post_fit)
 
     def _program_arguments(self) -> dict:
-        """`arrays` and `theta0` for a compiled program called from the host: the device
-        arrays when they are there already, else the host arrays (`arrays`)."""
-        if self._arrays is None:
+        """`arrays` and `theta0` for a compiled program called from the host: the host
+        arrays of a small model not yet on the device (`arrays`), else the device arrays
+        (a large model's are copied once, not at every call: InstEval's pair lists are
+        ~60 MB)."""
+        if self._arrays is None and _nbytes(self.host_arrays) <= HOST_ARGUMENT_BYTES:
             return dict(arrays=self.host_arrays, theta0=self.shape.initial_theta())
-        return dict(arrays=self._arrays, theta0=self.initial_theta())
+        return dict(arrays=self.arrays, theta0=self.initial_theta())
+
+
+HOST_ARGUMENT_BYTES = 1 << 20  # host arrays up to this size go to a program as they are
+
+
+def _nbytes(tree) -> int:
+    return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree))

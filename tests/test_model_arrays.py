@@ -27,3 +27,18 @@ def test_a_fit_from_the_host_arrays_equals_one_from_the_device_arrays(sleepstudy
     assert from_device.reml_criterion == from_host.reml_criterion
     np.testing.assert_array_equal(from_device.theta, from_host.theta)
     np.testing.assert_array_equal(from_device.se.to_numpy(), from_host.se.to_numpy())
+
+
+def test_a_large_model_is_copied_to_the_device_once(sleepstudy, monkeypatch):
+    """Above `HOST_ARGUMENT_BYTES` the fit copies the arrays to the device (kept for the next
+    call) instead of handing the program the host arrays each time: the same fit."""
+    from lmm_jax import model as model_module
+
+    formula = "Reaction ~ Days + (Days | Subject)"
+    small = lmm_jax.Model.from_formula(formula, sleepstudy).fit()
+    monkeypatch.setattr(model_module, "HOST_ARGUMENT_BYTES", 0)
+    model = lmm_jax.Model.from_formula(formula, sleepstudy)
+    large = model.fit()
+    assert model._arrays is not None
+    assert large.reml_criterion == small.reml_criterion
+    np.testing.assert_array_equal(large.theta, small.theta)
