@@ -36,7 +36,7 @@ def test_nan_in_response_is_dropped_with_a_warning(sleepstudy):
 def test_the_model_owns_its_arrays(sleepstudy, weights):
     """The model's arrays share no memory with the caller's frame (formulaic's numpy output,
     a categorical's codes and a weights column included): a later change to the frame
-    changes neither the design nor the fit (which reads the host arrays, `Model.arrays`),
+    changes neither the design nor the fit (which reads the host arrays: `Model.arrays`),
     and the frame is untouched by the fit."""
     data = sleepstudy.assign(t=sleepstudy["Days"] / 10.0, w=1.0 + sleepstudy["Days"] / 9.0,
                              Subject=sleepstudy["Subject"].astype("category"))
