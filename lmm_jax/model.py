@@ -326,7 +326,7 @@ class Model:
         arrays of a small model not yet on the device (`arrays`), else the device arrays
         (a large model's are copied once, not at every call: InstEval's pair lists are
         ~60 MB)."""
-        if self._arrays is None and _nbytes(self.host_arrays) <= HOST_ARGUMENT_BYTES:
+        if self._arrays is None and fits_as_host_arguments(self.host_arrays):
             return dict(arrays=self.host_arrays, theta0=self.shape.initial_theta())
         return dict(arrays=self.arrays, theta0=self.initial_theta())
 
@@ -334,5 +334,7 @@ class Model:
 HOST_ARGUMENT_BYTES = 1 << 20  # host arrays up to this size go to a program as they are
 
 
-def _nbytes(tree) -> int:
-    return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree))
+def fits_as_host_arguments(tree) -> bool:
+    """Whether host arrays this large (at most `HOST_ARGUMENT_BYTES` in all) go to a compiled
+    program as they are, rather than being copied to the device once and kept."""
+    return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree)) <= HOST_ARGUMENT_BYTES

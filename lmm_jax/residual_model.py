@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .arrays import ModelArrays, bounded_mask, canonical_theta, relative_factors, to_host
+from .arrays import ModelArrays, bounded_mask, canonical_theta, relative_factors, to_device, to_host
 from .design import build_design
 from .exported_programs import cached_call
 from .likelihood import profiled_deviance, profiled_sigma2
-from .model import FitParams, Model, minimize_with_boundary
+from .model import FitParams, Model, fits_as_host_arguments, minimize_with_boundary
 from .residual_design import (CORRELATIONS, VARIANCES, ResidualArrays, build_correlation, build_variance,
                               check_nested, parse_structure, used_rows)
 from .residual_evaluator import (ResidualShape, dense_residual_profile, residual_post_fit,
@@ -86,8 +86,22 @@ class ResidualModel(Model):
         var_fn, var_codes, covariate = build_variance(frame, var_spec)
         self.correlation_spec, self.variance_spec = cor_spec, var_spec
         self.residual_shape = ResidualShape(self.shape, structure, var_fn)
-        self.residual_arrays = ResidualArrays(jnp.asarray(index), jnp.asarray(mask), jnp.asarray(coords),
-                                              jnp.asarray(var_codes), jnp.asarray(covariate))
+        self.host_residual_arrays = ResidualArrays(*(np.array(a) for a in (index, mask, coords, var_codes,
+                                                                             covariate)))
+        self._residual_arrays = None  # `residual_arrays`, copied to the device on first use
+        self._initial_x = None  # `initial_theta`, copied to the device on first use
+
+    @property
+    def residual_arrays(self) -> ResidualArrays:
+        """The residual structures' arrays on the default device, copied there once, when
+        first asked for (`to_device`: `jnp.asarray` compiled a conversion program for each
+        of the five, and x₀ one: with the eager `natural` calls 0.14-0.23 s of a cold CLI
+        run); `fit` passes the host arrays of a small model to its program instead, as
+        `Model.fit` does."""
+        if self._residual_arrays is None:
+            with jax.ensure_compile_time_eval():  # a concrete array even when first asked for
+                self._residual_arrays = to_device(self.host_residual_arrays)  # inside a trace
+        return self._residual_arrays
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
@@ -100,8 +114,12 @@ class ResidualModel(Model):
         return cls(design, data, method, data_name, correlation, variance)
 
     def initial_theta(self) -> jnp.ndarray:
-        """The starting x = (θ, correlation params, variance params)."""
-        return jnp.asarray(self.residual_shape.initial())
+        """The starting x = (θ, correlation params, variance params), on the device (copied
+        there once per model)."""
+        if self._initial_x is None:
+            with jax.ensure_compile_time_eval():
+                self._initial_x = to_device(self.residual_shape.initial())
+        return self._initial_x
 
     def deviance(self, x, y=None, evaluator: str = "blocked"):
         """-2ℓ or lme4's REML criterion at x = (θ, residual params)."""
@@ -121,10 +139,18 @@ class ResidualModel(Model):
     def fit(self) -> "ResidualFitResult":
         """Fit and return a `ResidualFitResult`: the fit and its summaries as one program
         (`fit_residual_with_summaries`), one call and one copy back."""
-        args = dict(arrays=self.arrays, res=self.residual_arrays, x0=self.initial_theta())
-        params, post_fit = to_host(cached_call(fit_residual_with_summaries, args,
-                                         dict(shape=self.residual_shape)))
-        return ResidualFitResult(self, params, post_fit)
+        params, post_fit, natural = to_host(cached_call(fit_residual_with_summaries, self._program_arguments(),
+                                                         dict(shape=self.residual_shape)))
+        return ResidualFitResult(self, params, post_fit, natural)
+
+    def _program_arguments(self) -> dict:
+        """`arrays`, `res` and `x0` for a compiled program called from the host: the host
+        arrays of a small model not yet on the device, else the device arrays
+        (`Model._program_arguments`)."""
+        host = dict(arrays=self.host_arrays, res=self.host_residual_arrays)
+        if self._arrays is None and self._residual_arrays is None and fits_as_host_arguments(host):
+            return dict(host, x0=self.residual_shape.initial())
+        return dict(arrays=self.arrays, res=self.residual_arrays, x0=self.initial_theta())
 
 
 @partial(jax.jit, static_argnames=("shape",))
@@ -143,13 +169,31 @@ def fit_residual_with_summaries(arrays: ModelArrays, res: ResidualArrays, shape:
     twin of `results.fit_with_summaries` for residual structures."""
     params = fit_residual_arrays(arrays, res, shape, x0)
     x = jnp.concatenate([params.theta, params.residual])
-    return params, _post_fit(arrays, res, shape, x, params.beta, params.sigma2)
+    return params, _post_fit(arrays, res, shape, x, params.beta, params.sigma2), natural_parameters(x, shape)
+
+
+def natural_parameters(x, shape: ResidualShape):
+    """(correlation, variance function) parameters at x as nlme reports them (each
+    structure's `natural`; empty for an absent structure): computed in the fit's program,
+    as eager calls on the host compiled a program each in a cold process."""
+    _, a_cor, a_var = shape.split(x)
+    return tuple(structure.natural(a) if structure.n_params else a
+                 for structure, a in ((shape.correlation, a_cor), (shape.variance, a_var)))
 
 
 class ResidualFitResult(FitResult):
     """A fitted gls/lme model with residual structures; nlme's logLik, AIC and BIC."""
 
     small_sample_supported = False  # small_sample.py differentiates the plain model's V₀
+
+    def __init__(self, model, params, post_fit=None, natural=None):
+        """`natural`: `natural_parameters` at the estimates on the host (the fit's program
+        computes them), or None to compute them here."""
+        super().__init__(model, params, post_fit)
+        if natural is None:
+            x = np.concatenate([self.theta, np.asarray(params.residual)])
+            natural = to_host(natural_parameters(jnp.asarray(x), model.residual_shape))
+        self._correlation_natural, self._variance_natural = natural
 
     def _post_fit_values(self):
         model, params = self.model, self.params
@@ -170,21 +214,17 @@ class ResidualFitResult(FitResult):
     def correlation_parameters(self) -> list[float] | None:
         """nlme's correlation parameters (φ; ρ; the lower triangle column by column; range
         then nugget), or None without a correlation structure."""
-        shape = self.model.residual_shape
-        if shape.correlation.n_params == 0:
+        if self.model.residual_shape.correlation.n_params == 0:
             return None
-        _, a_cor, _ = shape.split(np.concatenate([self.theta, np.asarray(self.params.residual)]))
-        return [float(v) for v in np.asarray(shape.correlation.natural(jnp.asarray(a_cor)))]
+        return [float(v) for v in self._correlation_natural]
 
     @property
     def variance_function(self) -> dict | None:
         """{level: SD ratio to the first level} (ident), {'power': δ} (power), or None."""
-        shape = self.model.residual_shape
-        if shape.variance.n_params == 0:
+        variance = self.model.residual_shape.variance
+        if variance.n_params == 0:
             return None
-        _, _, a_var = shape.split(np.concatenate([self.theta, np.asarray(self.params.residual)]))
-        values = np.asarray(shape.variance.natural(jnp.asarray(a_var)))
-        return {str(k): float(v) for k, v in zip(shape.variance.labels(), values)}
+        return {str(k): float(v) for k, v in zip(variance.labels(), self._variance_natural)}
 
     def summary(self) -> str:
         lines = [super().summary().rstrip("\n")]
