@@ -25,21 +25,22 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
+from jax.scipy.linalg import cho_solve, solve_triangular
 
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
 from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
 from .schur_cholesky import schur_factor_parts
-from .sparse_schur import SchurPairs, entry_values, pair_products, sparse_z_rest_block, sparse_zz_block
+from .sparse_schur import (SchurPairs, entry_values, level_entry_sums, level_pair_sums, pair_products,
+                           sparse_z_rest_block, sparse_zz_block)
 
 
 class CrossProducts(NamedTuple):
     """Z₁'WZ₁ per level (m₁, p₁, p₁), Z₁'WR per level (m₁, p₁, r), R'WR (r, r), Σ log wᵢ,
     and the sparse pairs of B'B's Z block with their products, C_Z's non-zero entries and
     Z₁'W[X y] per level (`sparse_schur.py`; None: form it densely). The criterion of a
-    sparse model reads Z₁'WR only through the last two, so under jit the dense Z₁'WR is
-    not formed for it (only for the summaries)."""
+    sparse model and its summaries read Z₁'WR only through the last two, so under jit the
+    dense Z₁'WR is not formed for it."""
 
     z1tz1: jnp.ndarray
     z1tr: jnp.ndarray
@@ -222,7 +223,7 @@ def blocked_summaries(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape, 
     """((X'V₀⁻¹X)⁻¹, `RandomEffects`) at θ from one blocked factor: a fit's summaries, which
     factored the 1,159² Schur complement of InstEval three times before (with β̂'s profile)."""
     factor = blocked_factor(theta, cp, shape)
-    return _xtvx_inverse_from_factor(factor, shape), _random_effects_from_factor(factor, theta, shape, sigma2)
+    return _xtvx_inverse_from_factor(factor, shape), _random_effects_from_factor(factor, theta, cp, shape, sigma2)
 
 
 class RandomEffects(NamedTuple):
@@ -235,21 +236,40 @@ class RandomEffects(NamedTuple):
 
 def blocked_random_effects(theta, cp: CrossProducts, shape: ModelShape, sigma2) -> RandomEffects:
     """Conditional modes and conditional covariances of the random effects at θ."""
-    return _random_effects_from_factor(blocked_factor(theta, cp, shape), theta, shape, sigma2)
+    return _random_effects_from_factor(blocked_factor(theta, cp, shape), theta, cp, shape, sigma2)
 
 
-def _random_effects_from_factor(factor: BlockedFactor, theta, shape: ModelShape, sigma2) -> RandomEffects:
+def _random_effects_from_factor(factor: BlockedFactor, theta, cp: CrossProducts, shape: ModelShape,
+                                sigma2) -> RandomEffects:
+    """The modes from L: [û₂; β̂] = L_top⁻ᵀ c (c the last row of L₂₂ before its corner), then
+    û₁ = L₁₁⁻ᵀ(B_y - B_[Z X] [û₂; β̂]) per level, b̂_k = Λ_k û_k; the covariances from
+    `_inverse_diagonal_blocks` (dense B) or `_sparse_inverse_diagonal_blocks` (the pairs)."""
     lams = relative_factors(theta, shape)
     q2, r = rest_size(shape), factor.l22.shape[0]
     l_top = factor.l22[:r - 1, :r - 1]
     rest_solution = solve_triangular(l_top, factor.l22[-1, :r - 1], lower=True, trans="T")
-    rhs1 = factor.b[:, :, -1] - jnp.einsum("lir,r->li", factor.b[:, :, :r - 1], rest_solution)
+    rest_modes = [u @ lam.T for u, lam in zip(_split_levels(rest_solution[:q2], shape), lams[1:])]
+    if cp.pairs is None:
+        rhs1 = factor.b[:, :, -1] - jnp.einsum("lir,r->li", factor.b[:, :, :r - 1], rest_solution)
+        covs = _inverse_diagonal_blocks(factor, shape)
+    else:
+        rhs1 = _sparse_first_term_rhs(factor.l11, lams[0], cp, rest_solution[q2:], rest_modes, shape)
+        covs = _sparse_inverse_diagonal_blocks(factor, lams, cp, shape)
     u1 = small_solve_upper_transposed(factor.l11, rhs1[:, :, None])[:, :, 0]
-    spherical = [u1] + _split_levels(rest_solution[:q2], shape)
-    modes = [u @ lam.T for u, lam in zip(spherical, lams)]
-    covs = _inverse_diagonal_blocks(factor, shape)
+    modes = [u1 @ lams[0].T] + rest_modes
     cond_cov = [sigma2 * jnp.einsum("ij,ljk,hk->lih", lam, c, lam) for lam, c in zip(lams, covs)]
     return RandomEffects(modes, cond_cov)
+
+
+def _sparse_first_term_rhs(l11, lam1, cp: CrossProducts, beta, rest_modes: list, shape: ModelShape):
+    """B_y - B_[Z X] [û₂; β̂] per level of term 1 without B: B_l = E_l C_l Λᵣ with
+    E_l = L₁₁,l⁻¹Λ₁', so it is E_l (C_l,y - C_l,X β̂ - C_l,Z b̂₂), b̂₂ = Λ₂û₂ the other terms'
+    modes (C_l,Z from the non-zero entries: `level_entry_sums`)."""
+    e = small_solve_lower(l11, jnp.broadcast_to(lam1.T, l11.shape))
+    residual_xy = cp.z1txy @ jnp.concatenate([-beta, jnp.ones(1, beta.dtype)])
+    rest = jnp.concatenate([m.reshape(-1) for m in rest_modes])
+    raw = residual_xy - level_entry_sums(rest, cp.z_entries, cp.pairs, shape.n_levels[0])
+    return jnp.einsum("lij,lj->li", e, raw)
 
 
 def _split_levels(vector: jnp.ndarray, shape: ModelShape) -> list:
@@ -283,4 +303,26 @@ def _inverse_diagonal_blocks(factor: BlockedFactor, shape: ModelShape) -> list:
         cols = l22_inv[:, start:start + m * d].reshape(q2, m, d)
         out.append(jnp.einsum("qli,qlj->lij", cols, cols))
         start += m * d
+    return out
+
+
+def _sparse_inverse_diagonal_blocks(factor: BlockedFactor, lams: list, cp: CrossProducts, shape: ModelShape) -> list:
+    """`_inverse_diagonal_blocks` from the pairs, without B: with A₁₁,l⁻¹ = L₁₁,l⁻ᵀL₁₁,l⁻¹
+    and S_ZZ⁻¹ (from L_ZZ), the first term's block is A₁₁,l⁻¹ + F_l (C_l,Z M C_l,Z') F_l'
+    with F_l = A₁₁,l⁻¹Λ₁', M = Λ₂ S_ZZ⁻¹ Λ₂' and C_l = (Z₁'WR)_l (`level_pair_sums`: C_l,Z
+    is non-zero only in the columns of the pairs); the other terms' are the diagonal blocks
+    of S_ZZ⁻¹. InstEval: one S_ZZ⁻¹ instead of L₂₂⁻¹B_Z' (2,972 right-hand sides) and L₂₂⁻¹."""
+    q2 = rest_size(shape)
+    m1, p1 = shape.n_levels[0], shape.dims[0]
+    c = small_solve_lower(factor.l11, jnp.broadcast_to(jnp.eye(p1), (m1, p1, p1)))
+    first = jnp.einsum("lki,lkj->lij", c, c)
+    s_zz_inv = cho_solve((factor.l22[:q2, :q2], True), jnp.eye(q2, dtype=first.dtype))
+    m = _lambda_both(s_zz_inv, [lam.T for lam in lams[1:]], shape.n_levels[1:])
+    f = first @ lams[0].T
+    first = first + f @ level_pair_sums(m, cp.pair_products, cp.pairs, m1) @ jnp.swapaxes(f, 1, 2)
+    out, start = [first], 0
+    for n_levels, d in zip(shape.n_levels[1:], shape.dims[1:]):
+        block = s_zz_inv[start:start + n_levels * d, start:start + n_levels * d].reshape(n_levels, d, n_levels, d)
+        out.append(block[jnp.arange(n_levels), :, jnp.arange(n_levels), :])
+        start += n_levels * d
     return out

@@ -24,8 +24,10 @@ per fit, and `sparse_zz_block` sums ⟨Q_l, C_l,Zi C_l,Zj'⟩ over the pairs at 
 gather of the m₁ tiny Q_l, a product and a sorted segment sum), without forming B. The
 Z-by-[X y] block Σ_l C_l,Z' Q_l C_l,XY likewise sums over C_Z's non-zero entries only.
 Those entries are summed from the observations (`entry_values`), so the criterion never
-forms C_Z densely (InstEval: 27 MB; the fit's working memory 166 -> 138 MB); only the
-summaries (BLUPs, conditional variances) do.
+forms C_Z densely (InstEval: 27 MB; the fit's working memory 166 -> 138 MB). Nor do the
+summaries: the transposes of those sums, over the same lists, give the first term's BLUPs
+(`level_entry_sums`: C_l,Z b̂₂) and conditional covariances (`level_pair_sums`:
+C_l,Z M C_l,Z' for M = Λ₂S_ZZ⁻¹Λ₂').
 """
 
 from __future__ import annotations
@@ -157,3 +159,18 @@ def sparse_zz_block(q: jnp.ndarray, products: jnp.ndarray, pairs: SchurPairs, q2
     lower = jax.ops.segment_sum(values, pairs.row * q2 + pairs.col, q2 * q2,
                                 indices_are_sorted=True).reshape(q2, q2)
     return lower + lower.T - jnp.diag(jnp.diag(lower))
+
+
+def level_pair_sums(matrix: jnp.ndarray, products: jnp.ndarray, pairs: SchurPairs, m1: int) -> jnp.ndarray:
+    """C_l,Z M C_l,Z' (m₁, p₁, p₁) for every level l of term 1, for a symmetric q₂ x q₂ M:
+    the transpose of `sparse_zz_block`, Σ over the level's pairs (i ≥ j) of M_ij C_l,Zi C_l,Zj'
+    and its mirror for i > j (the conditional covariances of term 1's random effects)."""
+    weights = jnp.where(pairs.row == pairs.col, 1.0, 2.0) * matrix[pairs.row, pairs.col]
+    sums = jax.ops.segment_sum(weights[:, None, None] * products, pairs.level, m1)
+    return 0.5 * (sums + jnp.swapaxes(sums, 1, 2))
+
+
+def level_entry_sums(vector: jnp.ndarray, entries: jnp.ndarray, pairs: SchurPairs, m1: int) -> jnp.ndarray:
+    """C_l,Z v (m₁, p₁) for every level l of term 1, for a q₂-vector v: a sum over the
+    non-zero entries of C_Z (the transpose of `sparse_z_rest_block`)."""
+    return jax.ops.segment_sum(entries * vector[pairs.entry_column][:, None], pairs.entry_level, m1)

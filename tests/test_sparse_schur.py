@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import lmm_jax
-from lmm_jax.blocked import blocked_profile, cross_products
+from lmm_jax.blocked import blocked_profile, blocked_summaries, cross_products
 from lmm_jax.dense import dense_profile
 from lmm_jax.model import deviance_function
 
@@ -93,7 +93,7 @@ def test_entries_summed_from_the_observations_equal_the_dense_cross_product(mode
     m₁ x q₂ block, equal that block's entries (a teacher term with 2 columns per level)."""
     cp = jax.jit(cross_products, static_argnums=1)(model.arrays, model.shape)
     pairs, q2 = model.arrays.schur_pairs, 40 * 2 + 7
-    c_z = np.asarray(cp.z1tr)[:, :, :q2]  # the dense Z₁'WZ₂ the summaries still form
+    c_z = np.asarray(cp.z1tr)[:, :, :q2]  # the dense Z₁'WZ₂ (the dense product's)
     dense_entries = c_z[np.asarray(pairs.entry_level), :, np.asarray(pairs.entry_column)]
     np.testing.assert_allclose(cp.z_entries, dense_entries, rtol=1e-13, atol=1e-13)
     level, row, col = (np.asarray(a) for a in (pairs.level, pairs.row, pairs.col))
@@ -101,3 +101,22 @@ def test_entries_summed_from_the_observations_equal_the_dense_cross_product(mode
     np.testing.assert_allclose(cp.pair_products, dense_products, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(cp.z1txy, np.asarray(cp.z1tr)[:, :, q2:], rtol=0, atol=0)
     assert np.count_nonzero(c_z) == np.count_nonzero(dense_entries)  # every non-zero is listed
+
+
+@pytest.mark.parametrize("formula", [FORMULA, "y ~ x + (1 + x | student) + (1 | teacher) + (1 | room)"])
+def test_summaries_from_the_pairs_equal_those_from_the_dense_factor(formula):
+    """(X'V₀⁻¹X)⁻¹, the BLUPs and the conditional covariances of every term from the pairs
+    (`level_entry_sums`, `level_pair_sums` and one S_ZZ⁻¹) equal those from the dense B of
+    the dense product, with a 2 x 2 term after the first and as the first (p₁ = 2)."""
+    model = lmm_jax.Model.from_formula(formula, crossed_frame(teachers=120), weights=np.linspace(0.5, 2.0, 600))
+    assert model.arrays.schur_pairs is not None
+    rng = np.random.default_rng(4)
+    summaries = jax.jit(lambda theta, arrays: blocked_summaries(theta, cross_products(arrays, model.shape),
+                                                                model.shape, 1.7))
+    for scale in (0.6, 0.05):  # a regular and a nearly singular θ
+        theta = jnp.asarray(model.shape.initial_theta() * scale + 0.1 * scale * rng.normal(size=model.shape.n_theta))
+        sparse = jax.tree_util.tree_leaves(summaries(theta, model.arrays))
+        dense = jax.tree_util.tree_leaves(summaries(theta, without_pairs(model.arrays)))
+        assert len(sparse) == len(dense) == 7  # (X'V₀⁻¹X)⁻¹, 3 terms' modes and covariances
+        for a, b in zip(sparse, dense):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12 * float(np.max(np.abs(b))))
