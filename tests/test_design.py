@@ -214,3 +214,28 @@ def test_the_full_rank_check_keeps_what_the_column_loop_keeps(case, monkeypatch)
     np.testing.assert_array_equal(kept, loop_kept)
     assert not np.shares_memory(kept, X)
     assert (len(dropped) == 0) == (case in ("full rank", "above the tolerance"))
+
+
+@pytest.mark.parametrize("values", [
+    ["b", "a", "c", "a"],  # text: read as it is
+    [3, 1, 10, 1],  # integers: sorted as numbers (10 after 3)
+    [2.0, 1.0, 10.0, 1.0],  # whole floats: as integers
+    ["b", 1, 2.5, 1],  # mixed: each value's text
+    [1.5, 0.5, 1.5, 2.0],  # fractional floats: their text
+])
+@pytest.mark.parametrize("dtype", [None, object, "category"])
+def test_grouping_codes_label_each_level_by_its_text(values, dtype):
+    """A grouping factor's levels are the text of its values (whole floats as integers,
+    `_label_values`), each row's code points at its own value's level, whichever dtype
+    holds the column, and text columns, which skip the per-value str(), sort as text."""
+    from lmm_jax.design import _factor_codes, _label_values
+
+    column = pd.Series(values, dtype=dtype)
+    labels, codes = _factor_codes(column)
+    assert all(isinstance(label, str) for label in labels) and len(set(labels)) == len(labels)
+    texts = column.astype(str) if dtype == "category" else [str(v) for v in _label_values(column)]
+    assert [labels[c] for c in codes] == list(texts)
+    if all(isinstance(v, str) for v in values) and dtype != "category":
+        assert labels == sorted(set(values))
+    if values == [3, 1, 10, 1] and dtype is None:  # an int64 column
+        assert labels == ["1", "3", "10"]
