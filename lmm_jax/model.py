@@ -247,10 +247,16 @@ class Model:
         once, when first asked for: `fit` passes the host arrays to its compiled program
         instead, whose call copies them in ~0.02 ms where `to_device` takes ~0.15 ms
         (sleepstudy's nine arrays)."""
-        if self._arrays is None:
-            with jax.ensure_compile_time_eval():  # a concrete array even when first asked for
-                self._arrays = to_device(self.host_arrays)  # inside a trace
-        return self._arrays
+        return self._kept_on_device("_arrays", lambda: self.host_arrays)
+
+    def _kept_on_device(self, name: str, host):
+        """`host()` copied to the default device (`to_device`) the first time it is asked for,
+        and kept as the attribute `name` (None until then): concrete even when first asked
+        for inside a trace."""
+        if getattr(self, name) is None:
+            with jax.ensure_compile_time_eval():
+                setattr(self, name, to_device(host()))
+        return getattr(self, name)
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
@@ -269,10 +275,7 @@ class Model:
     def initial_theta(self) -> jnp.ndarray:
         """lme4's θ₀ (identity factors), on the device: copied there once per model (a copy
         per call took ~0.08 ms of a warm sleepstudy `fit_params`'s 0.3 ms)."""
-        if self._initial_theta is None:
-            with jax.ensure_compile_time_eval():  # a concrete array even when first asked for
-                self._initial_theta = to_device(self.shape.initial_theta())  # inside a trace
-        return self._initial_theta
+        return self._kept_on_device("_initial_theta", self.shape.initial_theta)
 
     def with_arrays(self, y=None, X=None, weights=None) -> ModelArrays:
         """The model's arrays with y, X or the prior weights replaced (shapes must match)."""

@@ -89,7 +89,6 @@ class ResidualModel(Model):
         self.host_residual_arrays = ResidualArrays(*(np.array(a) for a in (index, mask, coords, var_codes,
                                                                              covariate)))
         self._residual_arrays = None  # `residual_arrays`, copied to the device on first use
-        self._initial_x = None  # `initial_theta`, copied to the device on first use
 
     @property
     def residual_arrays(self) -> ResidualArrays:
@@ -98,10 +97,7 @@ class ResidualModel(Model):
         of the five, and x₀ one: with the eager `natural` calls 0.14-0.23 s of a cold CLI
         run); `fit` passes the host arrays of a small model to its program instead, as
         `Model.fit` does."""
-        if self._residual_arrays is None:
-            with jax.ensure_compile_time_eval():  # a concrete array even when first asked for
-                self._residual_arrays = to_device(self.host_residual_arrays)  # inside a trace
-        return self._residual_arrays
+        return self._kept_on_device("_residual_arrays", lambda: self.host_residual_arrays)
 
     @classmethod
     def from_formula(cls, formula: str, data, method: str = "REML", weights=None,
@@ -116,10 +112,7 @@ class ResidualModel(Model):
     def initial_theta(self) -> jnp.ndarray:
         """The starting x = (θ, correlation params, variance params), on the device (copied
         there once per model)."""
-        if self._initial_x is None:
-            with jax.ensure_compile_time_eval():
-                self._initial_x = to_device(self.residual_shape.initial())
-        return self._initial_x
+        return self._kept_on_device("_initial_theta", self.residual_shape.initial)
 
     def deviance(self, x, y=None, evaluator: str = "blocked"):
         """-2ℓ or lme4's REML criterion at x = (θ, residual params)."""
@@ -191,15 +184,18 @@ class ResidualFitResult(FitResult):
         computes them), or None to compute them here."""
         super().__init__(model, params, post_fit)
         if natural is None:
-            x = np.concatenate([self.theta, np.asarray(params.residual)])
-            natural = to_host(natural_parameters(jnp.asarray(x), model.residual_shape))
+            natural = to_host(natural_parameters(to_device(self._estimated_x()), model.residual_shape))
         self._correlation_natural, self._variance_natural = natural
+
+    def _estimated_x(self) -> np.ndarray:
+        """x̂ = (θ̂, residual params) on the host, as the fit returned them."""
+        return np.concatenate([np.asarray(self.params.theta), np.asarray(self.params.residual)])
 
     def _post_fit_values(self):
         model, params = self.model, self.params
-        x = np.concatenate([np.asarray(params.theta), np.asarray(params.residual)])
-        return cached_call(_post_fit, dict(arrays=model.arrays, res=model.residual_arrays, x=jnp.asarray(x),
-                                           beta=params.beta, sigma2=params.sigma2), dict(shape=model.residual_shape))
+        args = dict(arrays=model.arrays, res=model.residual_arrays, x=to_device(self._estimated_x()),
+                    beta=params.beta, sigma2=params.sigma2)
+        return cached_call(_post_fit, args, dict(shape=model.residual_shape))
 
     @property
     def df_model(self) -> int:
