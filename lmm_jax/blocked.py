@@ -149,10 +149,15 @@ def blocked_schur(theta: jnp.ndarray, cp: CrossProducts, shape: ModelShape):
         rtr = _lambda_both(cp.rtr, lams_rest, levels_rest)
         schur = rtr + jnp.diag(identity_part) - jnp.einsum("lir,lis->rs", b, b)
     else:  # B is not formed (under jit the unused b is dropped): B'B = Λᵣ'(Σ_l C_l'Q_l C_l)Λᵣ
-        e = small_solve_lower(l11, jnp.broadcast_to(lam1.T, a11.shape))
+        e = _scaled_first_inverse(l11, lam1)
         q = jnp.einsum("lki,lkj->lij", e, e)
         schur = _lambda_both(cp.rtr - _sparse_c_q_c(q, cp, q2), lams_rest, levels_rest) + jnp.diag(identity_part)
     return l11, b, schur
+
+
+def _scaled_first_inverse(l11: jnp.ndarray, lam1: jnp.ndarray) -> jnp.ndarray:
+    """E_l = L₁₁,l⁻¹Λ₁' for every level l of the first term (m₁, p₁, p₁): B_l = E_l C_l Λᵣ."""
+    return small_solve_lower(l11, jnp.broadcast_to(lam1.T, l11.shape))
 
 
 def _lambda_both(matrix: jnp.ndarray, lams: list, n_levels: tuple[int, ...]) -> jnp.ndarray:
@@ -265,7 +270,7 @@ def _sparse_first_term_rhs(l11, lam1, cp: CrossProducts, beta, rest_modes: list,
     """B_y - B_[Z X] [û₂; β̂] per level of term 1 without B: B_l = E_l C_l Λᵣ with
     E_l = L₁₁,l⁻¹Λ₁', so it is E_l (C_l,y - C_l,X β̂ - C_l,Z b̂₂), b̂₂ = Λ₂û₂ the other terms'
     modes (C_l,Z from the non-zero entries: `level_entry_sums`)."""
-    e = small_solve_lower(l11, jnp.broadcast_to(lam1.T, l11.shape))
+    e = _scaled_first_inverse(l11, lam1)
     residual_xy = cp.z1txy @ jnp.concatenate([-beta, jnp.ones(1, beta.dtype)])
     rest = jnp.concatenate([m.reshape(-1) for m in rest_modes])
     raw = residual_xy - level_entry_sums(rest, cp.z_entries, cp.pairs, shape.n_levels[0])
