@@ -6,8 +6,9 @@
 
 The fit minimises the profiled deviance (`likelihood.profiled_deviance`) over θ with a
 trust-region Newton method using the exact Hessian, starting from lme4's θ₀ (identity
-factors); large crossed designs use a BFGS Hessian from a searched start instead
-(`optimizer_hessian`, `start_search.py`). Afterwards θ is put in canonical form
+factors); large crossed designs use a BFGS Hessian instead (`optimizer_hessian`), started
+from moment estimates (`moment_start.py`) or, from a θ₀ other than lme4's or for other
+structures, from a search (`start_search.py`). Afterwards θ is put in canonical form
 (non-negative diagonals), and factor diagonals near zero are tried at exactly zero, with
 the other parameters re-optimised; that boundary point is kept when its deviance is no
 worse (a singular fit, reported).
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _config  # noqa: F401  (float64)
-from . import single_term_derivatives
+from . import moment_start, single_term_derivatives
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device, to_host
 from .blocked import blocked_profile, blocked_profile_and_xtvx_inverse, cross_products, rest_size
 from .dense import dense_profile
@@ -129,7 +130,7 @@ def optimizer_hessian(arrays: ModelArrays, shape: ModelShape, evaluator: str = "
     complement has r ≥ `QUASI_NEWTON_MIN_REST` rows. On large crossed designs an exact
     Hessian by autodiff through the dense r x r factor costs ~10 gradients (InstEval: 2.3
     against 0.25 s), while BFGS from `quasi_newton_start`'s start and value-difference
-    Hessian needs 2 iterations where exact Newton needed 14. Decided from static shapes."""
+    Hessian needs 2-3 iterations where exact Newton needed 14. Decided from static shapes."""
     r = rest_size(shape) + arrays.X.shape[1] + 1
     return "bfgs" if evaluator == "blocked" and r >= QUASI_NEWTON_MIN_REST else "exact"
 
@@ -209,15 +210,29 @@ def fit_arrays_with_xtvx_inverse(arrays: ModelArrays, shape: ModelShape, theta0:
 
 def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int, evaluator: str):
     """(θ̂, the kept `OptimResult`, iterations, singular): `minimize_with_boundary` on the
-    criterion, from θ₀ or (BFGS fits) from `quasi_newton_start`'s start and Hessian."""
+    criterion, from θ₀ or (BFGS fits) from `_quasi_newton_start`'s start and Hessian."""
     theta0 = tied_to(theta0, data_reference((arrays, theta0)))  # under vmap: batched loop carries
     deviance = deviance_function(arrays, shape, evaluator)
     hessian = optimizer_hessian(arrays, shape, evaluator)
     bounded = bounded_mask(shape)
-    start, start_hessian = (quasi_newton_start(deviance, theta0, shape, bounded)
+    start, start_hessian = (_quasi_newton_start(deviance, arrays, shape, theta0, bounded)
                             if hessian == "bfgs" and shape.n_theta else (theta0, None))
     return minimize_with_boundary(deviance, start, bounded, lambda t: canonical_theta(t, shape),
                                   maxiter, hessian, closed_form_derivatives(arrays, shape, evaluator), start_hessian)
+
+
+def _quasi_newton_start(deviance, arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, bounded):
+    """BFGS's start and start Hessian (`start_search.quasi_newton_start`): from lme4's θ₀
+    (identity factors, the default) the MINQUE(0) moment estimate where it is defined
+    (`moment_start.py`) and finite, with no halving search; from any other θ₀ (or where the
+    moment start is not defined) the search from θ₀."""
+    if not moment_start.applies(shape):
+        return quasi_newton_start(deviance, theta0, shape, bounded)
+    moments = moment_start.moment_start(cross_products(arrays, shape), arrays, shape,
+                                        observation_count(arrays, shape)[0])
+    use_moments = jnp.all(theta0 == shape.initial_theta()) & jnp.all(jnp.isfinite(moments))
+    return quasi_newton_start(deviance, jnp.where(use_moments, moments, theta0), shape, bounded,
+                              search=jnp.logical_not(use_moments))
 
 
 def _fit_params(optimum, profiled: Profiled, arrays: ModelArrays, shape: ModelShape) -> FitParams:
@@ -298,7 +313,9 @@ class Model:
                    evaluator: str = "blocked") -> FitParams:
         """The estimates as a pure function of y (and optionally X, weights): jit/vmap-able,
         and differentiable w.r.t. y, X and weights by the implicit function theorem
-        (`implicit.py`; bounded θ entries at exactly 0 are held fixed)."""
+        (`implicit.py`; bounded θ entries at exactly 0 are held fixed). `theta0`: the
+        optimiser's start, lme4's θ₀ by default (a large model's BFGS fit then starts from
+        moment estimates instead: `moment_start.py`)."""
         from .implicit import differentiable_fit_arrays
 
         theta0 = self.initial_theta() if theta0 is None else jnp.asarray(theta0)

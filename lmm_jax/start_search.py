@@ -3,7 +3,10 @@
 lme4's θ₀ (identity factors) can lie where the criterion is concave in a term's θ (a term
 with few levels and a large relative variance: InstEval's dept:service at θ = 1, true
 0.09); quasi-Newton steps crawl there. On large models a value costs ~1/3 of a gradient,
-so a dozen values that land near the minimum save several BFGS iterations.
+so a dozen values that land near the minimum save several BFGS iterations. (From lme4's
+θ₀ with lme4's structures the fit starts from moment estimates instead, `moment_start.py`,
+and skips the search: `model._quasi_newton_start`. The search serves other structures and
+a θ₀ the user gives.)
 
 For each term k in turn, its θ block is halved (Λ_k -> Λ_k / 2) while the criterion
 decreases, up to `MAX_HALVINGS` times. Where the halving stopped because a value rose, the
@@ -48,28 +51,32 @@ def log_parabola_minimum(f_up, f_best, f_down):
     return jnp.where(bracketed, (f_down - f_up) / (2.0 * jnp.where(bracketed, curvature, 1.0)), 0.0)
 
 
-def quasi_newton_start(deviance, x0: jnp.ndarray, shape: ModelShape, log_scale: np.ndarray):
+def quasi_newton_start(deviance, x0: jnp.ndarray, shape: ModelShape, log_scale: np.ndarray, search=True):
     """(start x, BFGS's start Hessian there or None): for θ of at most
     `VALUE_HESSIAN_MAX_THETA` entries in float64, the log-scale Newton point of the value-
     difference model at `term_scale_search`'s start and its Hessian
     (`value_differences.py`; `log_scale`: the entries taken in log scale, Λ's diagonal);
     else that start and None (`newton.minimize` then probes with gradients). Not in float32:
-    its rounding in f (~10⁻⁷ relative) over h² would swamp H."""
+    its rounding in f (~10⁻⁷ relative) over h² would swamp H. `search` (a bool, may be
+    traced): False takes x0 itself as the searched start (a moment estimate:
+    `moment_start.py`), with no halvings."""
     k = shape.n_theta
     if k > VALUE_HESSIAN_MAX_THETA or x0.dtype != jnp.float64:
-        return term_scale_search(deviance, x0, shape), None
-    x, fx, values = _search(deviance, x0, shape, probe_pattern(k))
+        return term_scale_search(deviance, x0, shape, search), None
+    x, fx, values = _search(deviance, x0, shape, probe_pattern(k), search)
     return log_scale_newton(x, value_difference_model(fx, values, probe_steps(x)), log_scale)
 
 
-def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
-    """The start (module docstring): halvings per term, then the log-parabola refinement."""
-    return _search(deviance, x0, shape, np.zeros((0, shape.n_theta)))[0]
+def term_scale_search(deviance, x0: jnp.ndarray, shape: ModelShape, search=True) -> jnp.ndarray:
+    """The start (module docstring): halvings per term, then the log-parabola refinement
+    (with `search` False: x0)."""
+    return _search(deviance, x0, shape, np.zeros((0, shape.n_theta)), search)[0]
 
 
-def _search(deviance, x0: jnp.ndarray, shape: ModelShape, pattern: np.ndarray):
+def _search(deviance, x0: jnp.ndarray, shape: ModelShape, pattern: np.ndarray, search=True):
     """(start x, its value, the values at x + `pattern` h (`value_differences.probe_steps`)): the
-    search, then one value per row of `pattern`, all through one traced criterion."""
+    search (skipped where `search` is False: x0's value, then the pattern), then one value per
+    row of `pattern`, all through one traced criterion."""
     index = np.arange(shape.n_theta)
     masks = jnp.asarray(np.stack([(index >= sl.start) & (index < sl.stop) for sl in shape.theta_slices()]))
     n_terms, n_points = masks.shape[0], pattern.shape[0]
@@ -81,7 +88,8 @@ def _search(deviance, x0: jnp.ndarray, shape: ModelShape, pattern: np.ndarray):
     def try_point(state):
         """term -1 evaluates x0 itself, terms 0 ... n-1 their halvings, term n the refined
         point, terms n + 1 ... the points of `pattern` around the start (x is not moved
-        there); `f_up`: the value before the last accepted halving; `shifts`: each term's u*."""
+        there; without the search, term -1 is followed by the first of those); `f_up`: the
+        value before the last accepted halving; `shifts`: each term's u*."""
         term, halvings, x, fx, f_up, shifts, values = state
         halving = (term >= 0) & (term < n_terms)
         probe = term - n_terms - 1
@@ -96,7 +104,8 @@ def _search(deviance, x0: jnp.ndarray, shape: ModelShape, pattern: np.ndarray):
         shift = jnp.where(bracket_closed, log_parabola_minimum(f_up, fx, f_trial), 0.0)
         shifts = jnp.where(jnp.arange(n_terms) == term, shift, shifts)
         values = jnp.where(jnp.arange(values.size) == probe, f_trial, values)
-        return (jnp.where(stay, term, term + 1), jnp.where(stay, halvings + 1, 0),
+        next_term = jnp.where(stay, term, jnp.where((term < 0) & jnp.logical_not(search), n_terms + 1, term + 1))
+        return (next_term, jnp.where(stay, halvings + 1, 0),
                 jnp.where(better, trial, x), jnp.where(better, f_trial, fx),
                 jnp.where(better, fx, f_up), shifts, values)
 

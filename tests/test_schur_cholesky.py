@@ -16,7 +16,7 @@ import lmm_jax
 from lmm_jax.blocked import blocked_profile, cross_products, rest_size
 from lmm_jax.dense import dense_profile
 from lmm_jax.arrays import bounded_mask, canonical_theta
-from lmm_jax.model import deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian
+from lmm_jax.model import _quasi_newton_start, deviance_function, fit_arrays, minimize_with_boundary, optimizer_hessian
 from lmm_jax.schur_cholesky import MIN_REST_SIZE, schur_cholesky_parts
 from lmm_jax.start_search import VALUE_HESSIAN_MAX_THETA, quasi_newton_start
 from test_sparse_schur import FORMULA, crossed_frame
@@ -122,14 +122,16 @@ def bfgs_model(terms: str):
     return lmm_jax.Model.from_formula(BFGS_FORMULAS[terms], data, weights=np.linspace(0.5, 2.0, len(data)))
 
 
+@pytest.mark.parametrize("start", ["searched", "moments"])
 @pytest.mark.parametrize("terms", list(BFGS_FORMULAS))
 @pytest.mark.parametrize("response", ["simulated", "no room effect"])
-def test_bfgs_fit_equals_the_exact_newton_fit(response, terms):
+def test_bfgs_fit_equals_the_exact_newton_fit(response, terms, start):
     """The default fit (exact Newton, Hessians through the rule) and a BFGS fit from the
-    searched start reach the same optimum, also when it is singular (the boundary retry):
-    with θ of 3 or 5 entries BFGS starts at the log-scale Newton point of the search's
-    value differences (the retry from the first minimum's H), with 7 from gradient
-    differences at the searched start."""
+    searched start, or from the moment start (`moment_start.py`, no search: a large model's
+    default), reach the same optimum, also when it is singular (the boundary retry): with θ
+    of 3 or 5 entries BFGS starts at the log-scale Newton point of the start's value
+    differences (the retry from the first minimum's H), with 7 from gradient differences at
+    the start."""
     model = bfgs_model(terms)
     arrays, shape = model.arrays, model.shape
     if response == "no room effect":
@@ -139,9 +141,10 @@ def test_bfgs_fit_equals_the_exact_newton_fit(response, terms):
     @jax.jit
     def bfgs_fit(arrays, theta0):
         deviance = deviance_function(arrays, shape)
-        start, start_hessian = quasi_newton_start(deviance, theta0, shape, bounded_mask(shape))
+        x0, start_hessian = (quasi_newton_start(deviance, theta0, shape, bounded_mask(shape)) if start == "searched"
+                             else _quasi_newton_start(deviance, arrays, shape, theta0, bounded_mask(shape)))
         assert (start_hessian is None) == (shape.n_theta > VALUE_HESSIAN_MAX_THETA)
-        return minimize_with_boundary(deviance, start, bounded_mask(shape), lambda t: canonical_theta(t, shape),
+        return minimize_with_boundary(deviance, x0, bounded_mask(shape), lambda t: canonical_theta(t, shape),
                                       200, hessian="bfgs", start_hessian=start_hessian)
 
     theta, best, _, singular = bfgs_fit(arrays, model.initial_theta())

@@ -10,7 +10,7 @@ import pytest
 
 from lmm_jax.start_search import (MAX_HALVINGS, VALUE_HESSIAN_MAX_THETA, log_parabola_minimum, quasi_newton_start,
                                   term_scale_search)
-from lmm_jax.value_differences import STEP
+from lmm_jax.value_differences import STEP, log_scale_newton, probe_pattern, probe_steps, value_difference_model
 
 
 def fake_shape(sizes):
@@ -92,3 +92,32 @@ def test_quasi_newton_start_lands_near_the_minimum_of_a_log_quadratic():
 
 def deviance_of_sum(x):
     return jnp.sum((x - 0.3) ** 2)
+
+
+def test_without_the_search_the_start_is_x0s_value_difference_newton_point():
+    """`search=False` (a moment start, `moment_start.py`): no halvings, x0 itself is the
+    searched start; for few parameters the start is the Newton point of x0's value
+    differences (traced flag: one program serves both)."""
+    a = np.array([[4.0, 0.6, -0.3], [0.6, 2.0, 0.2], [-0.3, 0.2, 1.0]])
+    centre = np.array([0.3, 0.2, 0.05])
+
+    def deviance(x):
+        u = jnp.log(x) - np.log(centre)
+        return 0.5 * u @ jnp.asarray(a) @ u + 7.0
+
+    shape, positive = fake_shape([1, 1, 1]), np.ones(3, bool)
+    x0 = jnp.array([0.25, 0.25, 0.1])
+    starts = jax.jit(lambda x, search: quasi_newton_start(deviance, x, shape, positive, search))
+    unsearched, hess = starts(x0, False)
+    pattern = probe_pattern(3)
+    values = jnp.stack([deviance(x0 + row * probe_steps(x0)) for row in pattern])
+    expected, expected_hess = log_scale_newton(x0, value_difference_model(deviance(x0), values, probe_steps(x0)),
+                                               positive)
+    np.testing.assert_allclose(unsearched, expected, rtol=1e-12)
+    np.testing.assert_allclose(hess, expected_hess, rtol=1e-10)
+    searched, _ = starts(x0, True)
+    np.testing.assert_allclose(searched, quasi_newton_start(deviance, x0, shape, positive)[0], rtol=1e-12)
+    assert not np.allclose(searched, unsearched, rtol=1e-6)
+    big = fake_shape([1] * (VALUE_HESSIAN_MAX_THETA + 1))
+    x_big = jnp.full(big.n_theta, 0.7)
+    np.testing.assert_array_equal(term_scale_search(deviance_of_sum, x_big, big, search=False), x_big)
