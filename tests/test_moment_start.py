@@ -53,6 +53,7 @@ def large_frame():
 
 
 CASES = {
+    "dense, one term": (small_frame, "y ~ x + (1 + x | student)", {}),
     "dense, scalar terms": (small_frame, "y ~ x + (1 | student) + (1 | teacher)", {}),
     "dense, vector terms": (small_frame, "y ~ x + (1 + x | student) + (1 | teacher) + (1 + x | room)", {}),
     "pairs, scalar terms": (large_frame, "y ~ x + (1 | student) + (1 | teacher) + (1 | room)", {}),
