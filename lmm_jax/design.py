@@ -418,22 +418,30 @@ def row_labels(frame: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
     return out
 
 
+NUMERIC_KINDS = ("integer", "floating", "mixed-integer-float", "boolean")  # pandas' infer_dtype
+
+
 def _label_values(column: pd.Series):
+    """A grouping column's values as levels are read from them: numbers held as objects as a
+    numeric array, whole floats as integers (their text '2', not '2.0')."""
     values = column.to_numpy()
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) in NUMERIC_KINDS:
+        values = np.asarray(values.tolist())
     if values.dtype.kind == "f" and np.all(values == np.round(values)):
         return values.astype(np.int64)
     return values
 
 
 def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
-    """Sorted levels (category order for a Categorical, else sorted values) and codes."""
+    """Sorted levels (category order for a Categorical, else sorted values: numbers as numbers,
+    as R's `factor()` orders them, other values as text) and codes."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         column = column.cat.remove_unused_categories()
         return [str(c) for c in column.cat.categories], column.cat.codes.to_numpy()
     values = _label_values(column)
     # labels are the values' text; text values are read as they are (str() of each of
     # InstEval's 4 x 73,421 took ~80 ms)
-    if values.dtype.kind not in "iub" and pd.api.types.infer_dtype(values, skipna=False) != "string":
+    if values.dtype.kind not in "iubf" and pd.api.types.infer_dtype(values, skipna=False) != "string":
         values = np.asarray([str(v) for v in values], dtype=object)
     codes, uniques = pd.factorize(values, sort=True)  # hashing: ~5x np.unique's sort on strings
     return [str(u) for u in uniques], codes

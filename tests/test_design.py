@@ -221,13 +221,14 @@ def test_the_full_rank_check_keeps_what_the_column_loop_keeps(case, monkeypatch)
     [3, 1, 10, 1],  # integers: sorted as numbers (10 after 3)
     [2.0, 1.0, 10.0, 1.0],  # whole floats: as integers
     ["b", 1, 2.5, 1],  # mixed: each value's text
-    [1.5, 0.5, 1.5, 2.0],  # fractional floats: their text
+    [10.5, 2.5, 10.5, 1.0],  # fractional floats: their text, sorted as numbers (10.5 last)
 ])
 @pytest.mark.parametrize("dtype", [None, object, "category"])
 def test_grouping_codes_label_each_level_by_its_text(values, dtype):
     """A grouping factor's levels are the text of its values (whole floats as integers,
     `_label_values`), each row's code points at its own value's level, whichever dtype
-    holds the column, and text columns, which skip the per-value str(), sort as text."""
+    holds the column, text columns, which skip the per-value str(), sort as text, and
+    numbers sort as numbers (as R's factor() orders them) also when held as objects."""
     from lmm_jax.design import _factor_codes, _label_values
 
     column = pd.Series(values, dtype=dtype)
@@ -237,5 +238,7 @@ def test_grouping_codes_label_each_level_by_its_text(values, dtype):
     assert [labels[c] for c in codes] == list(texts)
     if all(isinstance(v, str) for v in values) and dtype != "category":
         assert labels == sorted(set(values))
-    if values == [3, 1, 10, 1] and dtype is None:  # an int64 column
-        assert labels == ["1", "3", "10"]
+    numeric_order = {(3, 1, 10, 1): ["1", "3", "10"], (2.0, 1.0, 10.0, 1.0): ["1", "2", "10"],
+                     (10.5, 2.5, 10.5, 1.0): ["1.0", "2.5", "10.5"]}
+    if tuple(values) in numeric_order and dtype != "category":
+        assert labels == numeric_order[tuple(values)]
