@@ -422,14 +422,21 @@ NUMERIC_KINDS = ("integer", "floating", "mixed-integer-float", "boolean")  # pan
 
 
 def _label_values(column: pd.Series):
-    """A grouping column's values as levels are read from them: numbers held as objects as a
-    numeric array, whole floats as integers (their text '2', not '2.0')."""
+    """A grouping column's values as levels are read from them (`_values_and_kind`)."""
+    return _values_and_kind(column)[0]
+
+
+def _values_and_kind(column: pd.Series):
+    """(values, pandas' `infer_dtype` of an object column that does not hold numbers, else
+    None): numbers held as objects as a numeric array, whole floats as integers (their text
+    '2', not '2.0'). The kind is inferred once (~0.4 ms for InstEval's 73,421 rows)."""
     values = column.to_numpy()
-    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) in NUMERIC_KINDS:
-        values = np.asarray(values.tolist())
+    kind = pd.api.types.infer_dtype(values, skipna=False) if values.dtype == object else None
+    if kind in NUMERIC_KINDS:
+        values, kind = np.asarray(values.tolist()), None
     if values.dtype.kind == "f" and np.all(values == np.round(values)):
-        return values.astype(np.int64)
-    return values
+        return values.astype(np.int64), kind
+    return values, kind
 
 
 def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
@@ -438,10 +445,10 @@ def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
     if isinstance(column.dtype, pd.CategoricalDtype):
         column = column.cat.remove_unused_categories()
         return [str(c) for c in column.cat.categories], column.cat.codes.to_numpy()
-    values = _label_values(column)
+    values, kind = _values_and_kind(column)
     # labels are the values' text; text values are read as they are (str() of each of
     # InstEval's 4 x 73,421 took ~80 ms)
-    if values.dtype.kind not in "iubf" and pd.api.types.infer_dtype(values, skipna=False) != "string":
+    if values.dtype.kind not in "iubf" and kind != "string":
         values = np.asarray([str(v) for v in values], dtype=object)
     codes, uniques = pd.factorize(values, sort=True)  # hashing: ~5x np.unique's sort on strings
     return [str(u) for u in uniques], codes
