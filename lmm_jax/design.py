@@ -411,7 +411,7 @@ def _combined_codes(per_factor: list[tuple[list[str], np.ndarray]]) -> tuple[lis
 
 def row_labels(frame: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
     """Per row, the label of its level of the grouping factor `a:b:...` (as in `RandomTerm.levels`)."""
-    parts = [np.asarray([str(v) for v in _label_values(frame[name])], dtype=object) for name in factors]
+    parts = [np.asarray([level_text(v) for v in _label_values(frame[name])], dtype=object) for name in factors]
     out = parts[0]
     for part in parts[1:]:
         out = out + ":" + part
@@ -419,6 +419,12 @@ def row_labels(frame: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
 
 
 NUMERIC_KINDS = ("integer", "floating", "mixed-integer-float", "boolean")  # pandas' infer_dtype
+
+
+def level_text(value) -> str:
+    """A level's label: a float as R's `as.character` writes it, to 15 significant digits
+    ('15.45' for 15.450000000000001), anything else as `str`."""
+    return format(value, ".15g") if isinstance(value, (float, np.floating)) else str(value)
 
 
 def _label_values(column: pd.Series):
@@ -441,17 +447,29 @@ def _values_and_kind(column: pd.Series):
 
 def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
     """Sorted levels (category order for a Categorical, else sorted values: numbers as numbers,
-    as R's `factor()` orders them, other values as text) and codes."""
+    as R's `factor()` orders them, other values as text) and codes. Labels are `level_text`
+    of the values `row_labels` reads (`_label_values`), categories included."""
     if isinstance(column.dtype, pd.CategoricalDtype):
         column = column.cat.remove_unused_categories()
-        return [str(c) for c in column.cat.categories], column.cat.codes.to_numpy()
+        categories = _label_values(pd.Series(column.cat.categories))
+        return _merge_equal_labels([level_text(c) for c in categories], column.cat.codes.to_numpy())
     values, kind = _values_and_kind(column)
     # labels are the values' text; text values are read as they are (str() of each of
     # InstEval's 4 x 73,421 took ~80 ms)
     if values.dtype.kind not in "iubf" and kind != "string":
         values = np.asarray([str(v) for v in values], dtype=object)
     codes, uniques = pd.factorize(values, sort=True)  # hashing: ~5x np.unique's sort on strings
-    return [str(u) for u in uniques], codes
+    return _merge_equal_labels([level_text(u) for u in uniques], codes)
+
+
+def _merge_equal_labels(labels: list[str], codes: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Levels of one text as one level, the first's place kept: R's `factor()` matches values
+    by their text (15.45 and 15.450000000000001 are one level), and `predict` finds a row's
+    level by its label."""
+    merged, unique = pd.factorize(np.asarray(labels, dtype=object))
+    if len(unique) == len(labels):
+        return labels, codes
+    return list(unique), merged[codes]
 
 
 def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame, built=None):

@@ -221,24 +221,27 @@ def test_the_full_rank_check_keeps_what_the_column_loop_keeps(case, monkeypatch)
     [3, 1, 10, 1],  # integers: sorted as numbers (10 after 3)
     [2.0, 1.0, 10.0, 1.0],  # whole floats: as integers
     ["b", 1, 2.5, 1],  # mixed: each value's text
-    [10.5, 2.5, 10.5, 1.0],  # fractional floats: their text, sorted as numbers (10.5 last)
+    [10.5, 2.5, 10.5, 1.0],  # fractional floats: R's text, sorted as numbers (10.5 last)
+    [15.45, 15.450000000000001, 2.5],  # two floats of one 15-digit text: one level, as in R
 ])
 @pytest.mark.parametrize("dtype", [None, object, "category"])
 def test_grouping_codes_label_each_level_by_its_text(values, dtype):
     """A grouping factor's levels are the text of its values (whole floats as integers,
-    `_label_values`), each row's code points at its own value's level, whichever dtype
-    holds the column, text columns, which skip the per-value str(), sort as text, and
-    numbers sort as numbers (as R's factor() orders them) also when held as objects."""
-    from lmm_jax.design import _factor_codes, _label_values
+    fractional ones to 15 significant digits as R's as.character writes them), each row's
+    code points at the level `row_labels` (predict's lookup) gives its row, whichever dtype
+    holds the column (float categories included), text columns, which skip the per-value
+    str(), sort as text, and numbers sort as numbers (as R's factor() orders them) also when
+    held as objects."""
+    from lmm_jax.design import _factor_codes, row_labels
 
     column = pd.Series(values, dtype=dtype)
     labels, codes = _factor_codes(column)
     assert all(isinstance(label, str) for label in labels) and len(set(labels)) == len(labels)
-    texts = column.astype(str) if dtype == "category" else [str(v) for v in _label_values(column)]
-    assert [labels[c] for c in codes] == list(texts)
+    assert [labels[c] for c in codes] == list(row_labels(pd.DataFrame({"g": column}), ("g",)))
     if all(isinstance(v, str) for v in values) and dtype != "category":
         assert labels == sorted(set(values))
     numeric_order = {(3, 1, 10, 1): ["1", "3", "10"], (2.0, 1.0, 10.0, 1.0): ["1", "2", "10"],
-                     (10.5, 2.5, 10.5, 1.0): ["1.0", "2.5", "10.5"]}
-    if tuple(values) in numeric_order and dtype != "category":
+                     (10.5, 2.5, 10.5, 1.0): ["1", "2.5", "10.5"],
+                     (15.45, 15.450000000000001, 2.5): ["2.5", "15.45"]}
+    if tuple(values) in numeric_order:
         assert labels == numeric_order[tuple(values)]

@@ -54,6 +54,26 @@ def test_predict_reproduces_fitted_values_and_handles_new_levels(sleepstudy):
     np.testing.assert_allclose(result.predict(new, random_effects=False), population, rtol=1e-12)
 
 
+@pytest.mark.parametrize("as_group, first_label", [
+    (lambda subject: subject.astype(float).astype("category"), "308"),
+    (lambda subject: (subject + 0.5).astype("category"), "308.5"),
+    (lambda subject: subject + 0.1, "308.1"),
+], ids=["whole-float categories", "fractional-float categories", "fractional floats"])
+def test_predict_finds_the_levels_of_float_grouping_columns(sleepstudy, as_group, first_label):
+    """A row's level is found by its label: the fit's labels of float categories once read
+    '308.0' where the rows' read '308', so predict silently used the population level for
+    every row (118 ms off on sleepstudy). Now both give the same fitted values and BLUPs as
+    the integer column."""
+    formula = FORMULAS["sleepstudy"]
+    data = sleepstudy.assign(Subject=as_group(sleepstudy["Subject"]))
+    result, reference = lmm_jax.fit(formula, data), lmm_jax.fit(formula, sleepstudy)
+    np.testing.assert_allclose(result.predict(data), reference.predict(sleepstudy), rtol=1e-10)
+    np.testing.assert_allclose(result.predict(data), result.fitted, rtol=1e-10)
+    np.testing.assert_allclose(result.ranef()["Subject"].to_numpy(), reference.ranef()["Subject"].to_numpy(),
+                               rtol=1e-8, atol=1e-10)
+    assert result.ranef()["Subject"].index[0] == first_label
+
+
 def test_predict_refuses_categorical_values_the_fit_did_not_have(sleepstudy):
     """formulaic codes such values as the reference level (a silently wrong prediction);
     lme4 stops on a new level of a fixed-effect factor. Known levels still predict."""
