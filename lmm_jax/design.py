@@ -459,7 +459,9 @@ def _factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
     if values.dtype.kind not in "iubf" and kind != "string":
         values = np.asarray([str(v) for v in values], dtype=object)
     codes, uniques = pd.factorize(values, sort=True)  # hashing: ~5x np.unique's sort on strings
-    return _merge_equal_labels([level_text(u) for u in uniques], codes)
+    labels = [level_text(u) for u in uniques]
+    # distinct integers or texts have distinct labels; distinct floats may share one
+    return _merge_equal_labels(labels, codes) if values.dtype.kind == "f" else (labels, codes)
 
 
 def _merge_equal_labels(labels: list[str], codes: np.ndarray) -> tuple[list[str], np.ndarray]:
