@@ -285,6 +285,13 @@ def _split_levels(vector: jnp.ndarray, shape: ModelShape) -> list:
     return out
 
 
+def _first_term_inverse_blocks(factor: BlockedFactor, shape: ModelShape):
+    """(C, A₁₁⁻¹): per level l of the first term C_l = L₁₁,l⁻¹ and A₁₁,l⁻¹ = C_l'C_l."""
+    m1, p1 = shape.n_levels[0], shape.dims[0]
+    c = small_solve_lower(factor.l11, jnp.broadcast_to(jnp.eye(p1), (m1, p1, p1)))
+    return c, jnp.einsum("lki,lkj->lij", c, c)
+
+
 def _inverse_diagonal_blocks(factor: BlockedFactor, shape: ModelShape) -> list:
     """Per term and level, the diagonal block of A⁻¹, A = Λ'Z'WZΛ + I, from L (A = LL').
 
@@ -293,8 +300,7 @@ def _inverse_diagonal_blocks(factor: BlockedFactor, shape: ModelShape) -> list:
     """
     q2 = rest_size(shape)
     m1, p1 = shape.n_levels[0], shape.dims[0]
-    c = small_solve_lower(factor.l11, jnp.broadcast_to(jnp.eye(p1), (m1, p1, p1)))
-    first = jnp.einsum("lki,lkj->lij", c, c)
+    c, first = _first_term_inverse_blocks(factor, shape)
     if q2 == 0:
         return [first]
     l22z = factor.l22[:q2, :q2]
@@ -318,9 +324,8 @@ def _sparse_inverse_diagonal_blocks(factor: BlockedFactor, lams: list, cp: Cross
     is non-zero only in the columns of the pairs); the other terms' are the diagonal blocks
     of S_ZZ⁻¹. InstEval: one S_ZZ⁻¹ instead of L₂₂⁻¹B_Z' (2,972 right-hand sides) and L₂₂⁻¹."""
     q2 = rest_size(shape)
-    m1, p1 = shape.n_levels[0], shape.dims[0]
-    c = small_solve_lower(factor.l11, jnp.broadcast_to(jnp.eye(p1), (m1, p1, p1)))
-    first = jnp.einsum("lki,lkj->lij", c, c)
+    m1 = shape.n_levels[0]
+    first = _first_term_inverse_blocks(factor, shape)[1]
     s_zz_inv = cho_solve((factor.l22[:q2, :q2], True), jnp.eye(q2, dtype=first.dtype))
     m = _lambda_both(s_zz_inv, [lam.T for lam in lams[1:]], shape.n_levels[1:])
     f = first @ lams[0].T
