@@ -358,6 +358,17 @@ def _structured_formula(parts: tuple[tuple[str, str], ...]) -> formulaic.Formula
     return formulaic.Formula({name: _formulaic(text) for name, text in parts})
 
 
+def lme4_term_order(level_counts: list[int]) -> list[int]:
+    """The order of lme4's `mkReTrms`: where some term has more levels than the one before
+    it, `rev(order(nl))`, decreasing numbers of levels with ties in reverse formula order
+    (`(1 | a) + (1 | c) + (0 + x | c)` with a smaller than c: c's slope, c's intercept, a);
+    otherwise the formula's order. Terms are named ("c", "c.1") in this order, as lme4's are."""
+    n = len(level_counts)
+    if not any(later > earlier for earlier, later in zip(level_counts, level_counts[1:])):
+        return list(range(n))
+    return sorted(range(n), key=lambda i: (-level_counts[i], -i))
+
+
 def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, known: dict, matrices: list) -> list[RandomTerm]:
     """Build each random term, ordered as lme4 orders them (decreasing number of levels);
     a term with a known relationship matrix becomes one level (so it sorts last).
@@ -368,7 +379,7 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, known: dict, matri
         values, columns, model_spec = _term_matrix(spec, frame, matrix)
         structure = structure_for_term(spec.structure, columns, values, spec.source)
         built.append((spec, levels, codes, values, columns, structure, model_spec))
-    built.sort(key=lambda item: -len(item[1]))  # stable: ties keep formula order
+    built = [built[i] for i in lme4_term_order([len(item[1]) for item in built])]
     seen: dict[str, int] = {}
     terms = []
     for spec, levels, codes, values, columns, structure, model_spec in built:

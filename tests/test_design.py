@@ -66,9 +66,10 @@ def test_an_expression_seen_before_is_materialised_once(sleepstudy, monkeypatch)
     built = design.build_design("Reaction ~ Days + (Days | Subject) + (1 | week) + (1 | Subject)", data)
     assert len(asked) == 1
     assert [hasattr(asked[0], part) for part in ("fixed", "random0", "random1", "random2")] == [True, False, True, False]
-    assert [t.column_names for t in built.terms] == [("(Intercept)", "Days"), ("(Intercept)",), ("(Intercept)",)]
-    np.testing.assert_array_equal(built.terms[0].values, built.X)
-    assert not np.shares_memory(built.terms[1].values, built.terms[2].values)
+    # lme4's order (levels 18, 2, 18: rev(order(nl))): (1 | Subject), (Days | Subject), (1 | week)
+    assert [t.column_names for t in built.terms] == [("(Intercept)",), ("(Intercept)", "Days"), ("(Intercept)",)]
+    np.testing.assert_array_equal(built.terms[1].values, built.X)
+    assert not np.shares_memory(built.terms[0].values, built.terms[2].values)
 
 
 def test_the_structured_call_keeps_each_parts_intercept(sleepstudy):
@@ -245,3 +246,30 @@ def test_grouping_codes_label_each_level_by_its_text(values, dtype):
                      (15.45, 15.450000000000001, 2.5): ["2.5", "15.45"]}
     if tuple(values) in numeric_order:
         assert labels == numeric_order[tuple(values)]
+
+
+@pytest.mark.parametrize("level_counts, expected", [
+    ([18, 18], [0, 1]),  # no term has more levels than the one before it: formula order
+    ([24, 6], [0, 1]),
+    ([3, 18, 18], [2, 1, 0]),  # rev(order(nl)): decreasing, ties in reverse formula order
+    ([6, 24, 10, 24], [3, 1, 2, 0]),
+])
+def test_random_terms_follow_lme4s_order(level_counts, expected):
+    from lmm_jax.design import lme4_term_order
+
+    assert lme4_term_order(level_counts) == expected
+
+
+def test_tied_terms_are_ordered_and_named_as_lme4_does(sleepstudy):
+    """lme4 1.1-31 on this model: theta (Subject.Days, Subject.(Intercept), half.(Intercept))
+    = (0.23423047, 0.97986990, 2.1e-05), REML criterion 1743.6692936, VarCorr groups
+    Subject (Days), Subject.1 ((Intercept)), half. The old code kept the tied Subject terms
+    in formula order, so "Subject" named the intercept and theta's first two entries were
+    swapped. (lme4 stops at half's 2.1e-5 on a flat criterion; ours is at 0, 1e-8 lower.)"""
+    data = sleepstudy.assign(half=(sleepstudy["Subject"].astype(int) % 3).astype(str))
+    result = lmm_jax.fit("Reaction ~ Days + (1 | half) + (1 | Subject) + (0 + Days | Subject)", data)
+    rows = [(row["group"], row["var1"]) for row in result.varcorr()][:3]
+    assert rows == [("Subject", "Days"), ("Subject.1", "(Intercept)"), ("half", "(Intercept)")]
+    np.testing.assert_allclose(result.theta[:2], [0.23423047, 0.97986990], rtol=1e-4)
+    assert result.theta[2] < 1e-3
+    assert -2 * result.loglik == pytest.approx(1743.6692936, abs=1e-4)
