@@ -46,15 +46,29 @@ class KenwardRogerTerms(NamedTuple):
 def kenward_roger_terms(derivatives: ScaleDerivatives) -> KenwardRogerTerms:
     """Φ, P_i, W and Φ_A from the φ-scale derivatives of a REML fit (module docstring).
 
-    W inverts the expected information directly (pbkrtest falls back to a generalised
-    inverse when an eigenvalue is below 1e-10; with the boundary floor it is not)."""
-    w = jnp.linalg.inv(-0.5 * derivatives.logdet_hessian)
+    W is `expected_information_inverse`."""
+    w = expected_information_inverse(-0.5 * derivatives.logdet_hessian)
     vcov = jnp.linalg.inv(derivatives.m)
     p_mats = derivatives.d_m
     q_sum = 0.5 * jnp.einsum("ij,abij->ab", w, derivatives.d2_m)
     pp_sum = jnp.einsum("ij,iab,bc,jcd->ad", w, p_mats, vcov, p_mats)
     vcov_adjusted = vcov + 2.0 * vcov @ (q_sum - pp_sum) @ vcov
     return KenwardRogerTerms(vcov, p_mats, w, vcov_adjusted)
+
+
+GINV_SWITCH = 1e-10  # pbkrtest: a generalised inverse when min |eigenvalue of 2I| is at most this
+GINV_RTOL = float(np.sqrt(np.finfo(np.float64).eps))  # MASS::ginv's tolerance, relative to the largest
+
+
+def expected_information_inverse(information: jnp.ndarray) -> jnp.ndarray:
+    """W = I⁻¹, or as pbkrtest's vcovAdj where 2I has an eigenvalue of modulus ≤ 1e-10 the
+    generalised inverse (MASS::ginv: singular values below √eps of the largest dropped). An
+    over-parameterised covariance, e.g. (g2 || a) = (1 | a) + (0 + g2 | a) with a two-level
+    factor g2, makes I singular; its direct inverse gave a negative KR F (-157 against
+    pbkrtest's 382)."""
+    singular = jnp.min(jnp.abs(jnp.linalg.eigvalsh(2.0 * information))) <= GINV_SWITCH
+    return jnp.where(singular, jnp.linalg.pinv(information, rtol=GINV_RTOL, hermitian=True),
+                     jnp.linalg.inv(information))
 
 
 def _div_zero(x: float, y: float, tol: float = 1e-14) -> float:

@@ -115,3 +115,20 @@ def test_bad_contrasts_are_refused(fitted):
     _, ml = fitted("dyestuff_ml")
     with pytest.raises(ValueError, match="REML"):
         ml.test([1.0], ddf="Kenward-Roger")
+
+
+def test_kenward_roger_with_a_singular_expected_information(sleepstudy):
+    """(1 | Subject) + (0 + late | Subject) with a two-level factor `late` is over-
+    parameterised (the intercept is the sum of late's columns), so the expected information
+    on the variance scale is singular. pbkrtest 0.5.2 (KRmodcomp at this fit's θ, lme4's
+    optimizer off; REML criterion 1787.32045293 on both) switches to MASS::ginv: F 1427.670554
+    and 38.88443331 on 17 df. The direct inverse gave F -4527.6 for the intercept."""
+    import lmm_jax
+
+    data = sleepstudy.assign(late=np.where(sleepstudy["Days"] >= 5, "late", "early"))
+    result = lmm_jax.fit("Reaction ~ late + (1 | Subject) + (0 + late | Subject)", data)
+    assert -2 * result.loglik == pytest.approx(1787.32045293, abs=1e-4)
+    for contrast, f_value in (([1, 0], 1427.670554), ([0, 1], 38.88443331)):
+        test = result.test(contrast, ddf="Kenward-Roger")
+        assert test["F"] == pytest.approx(f_value, rel=1e-6)
+        assert test["den_df"] == pytest.approx(17.0, rel=1e-6)
