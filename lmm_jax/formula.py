@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import formulaic
+
 from .custom_structures import structure_keywords
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
@@ -134,23 +136,14 @@ def _grouping_factors(group: str, part: str) -> list[tuple[str, ...]]:
 
 
 def _uncorrelated_exprs(expr: str, part: str) -> list[str]:
-    """lme4's `||`: one term per formula term, the intercept on its own: '1 + x' -> ['1', '0 + x']."""
-    terms = [t.strip() for t in _split_top_level(expr, "+")]
-    intercept = True
-    rest: list[str] = []
-    for term in terms:
-        if term in ("0", "-1") or term.replace(" ", "") in ("-1",):
-            intercept = False
-        elif term == "1":
-            continue
-        elif term.startswith("-"):
-            raise FormulaError(f"random term {part!r}: cannot remove {term!r} inside '||'")
-        else:
-            if term.endswith("- 1") or term.endswith("-1"):
-                intercept = False
-                term = term.rsplit("-", 1)[0].strip()
-            rest.append(term)
-    return (["1"] if intercept else []) + [f"0 + {term}" for term in rest]
+    """lme4's `||` (expandDoubleVerts): one term per term of the expanded expression, the
+    intercept on its own: '1 + x' -> ['1', '0 + x'], 'x * z' -> ['1', '0 + x', '0 + z',
+    '0 + x:z'] (formulaic expands `*`, `/` and powers as R's terms() does)."""
+    try:
+        terms = [str(term) for term in formulaic.Formula(expr)]
+    except Exception as error:  # formulaic's parse errors
+        raise FormulaError(f"random term {part!r}: cannot parse {expr!r} before '||': {error}") from None
+    return [term if term == "1" else f"0 + {term}" for term in terms]
 
 
 def _check_parentheses(text: str) -> None:

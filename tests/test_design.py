@@ -273,3 +273,18 @@ def test_tied_terms_are_ordered_and_named_as_lme4_does(sleepstudy):
     np.testing.assert_allclose(result.theta[:2], [0.23423047, 0.97986990], rtol=1e-4)
     assert result.theta[2] < 1e-3
     assert -2 * result.loglik == pytest.approx(1743.6692936, abs=1e-4)
+
+
+@pytest.mark.parametrize("term, exprs", [
+    ("(1 + x || a)", ["1", "0 + x"]),
+    ("(0 + x + z || a)", ["0 + x", "0 + z"]),
+    ("(x * z || a)", ["1", "0 + x", "0 + z", "0 + x:z"]),  # lme4: (1|a) + (0+x|a) + (0+z|a) + (0+x:z|a)
+    ("(x * z - 1 || a)", ["0 + x", "0 + z", "0 + x:z"]),
+    ("(x / z || a)", ["1", "0 + x", "0 + x:z"]),
+])
+def test_double_bar_splits_the_expanded_terms(term, exprs):
+    """lme4's expandDoubleVerts splits the terms of the expanded expression; `x * z` was kept
+    whole as one correlated 3 x 3 block (7 θ where lme4 has 4)."""
+    parsed = design.parse_formula(f"y ~ x * z + {term}")
+    assert [spec.expr for spec in parsed.random] == exprs
+    assert all(spec.factors == ("a",) for spec in parsed.random)
