@@ -41,7 +41,9 @@ def _term_variables(term) -> set:
 
 
 def _synthetic_frame(spec, kinds: dict, repeats: int = 3) -> pd.DataFrame:
-    """Every combination of factor levels, `repeats` rows each, numeric variables in [1, 3]."""
+    """Every combination of factor levels, `repeats` rows each (more where that gives fewer
+    than 2p + 3 rows for X's p columns: with 3 rows, `y ~ x * z`'s X had rank 3 of 4 and
+    X⁺R was a projection, not I), numeric variables in [1, 3]."""
     rng = np.random.default_rng(20240601)
     factors = {}
     for var in sorted(spec.required_variables):
@@ -49,6 +51,7 @@ def _synthetic_frame(spec, kinds: dict, repeats: int = 3) -> pd.DataFrame:
         if levels:
             factors[var] = levels[0]
     cells = list(itertools.product(*factors.values())) or [()]
+    repeats = max(repeats, -(-(2 * len(spec.column_names) + 3) // len(cells)))
     rows = [dict(zip(factors, cell)) for cell in cells for _ in range(repeats)]
     frame = pd.DataFrame(rows, index=range(len(rows)))
     for name, levels in factors.items():

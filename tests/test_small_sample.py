@@ -132,3 +132,21 @@ def test_kenward_roger_with_a_singular_expected_information(sleepstudy):
         test = result.test(contrast, ddf="Kenward-Roger")
         assert test["F"] == pytest.approx(f_value, rel=1e-6)
         assert test["den_df"] == pytest.approx(17.0, rel=1e-6)
+
+
+def test_type3_anova_of_two_numeric_covariates_and_their_interaction(sleepstudy):
+    """lmerTest 3.1-3's anova(m) of Reaction ~ Days * w + (1 | Subject), w = sin(0.7 i)
+    rounded to 6 digits (REML criterion 1779.92306328): with numeric variables only, x is not
+    contained in x:z (their numeric variables differ), so each F tests its own coefficient.
+    The synthetic frame behind the contrasts had 3 rows for X's 4 columns, so the contrasts
+    were a projection, not the coefficients (on an audit's data set x's F was 474.8 where
+    lmerTest gives 21.2, its t²)."""
+    import lmm_jax
+
+    data = sleepstudy.assign(w=np.round(np.sin(np.arange(len(sleepstudy)) * 0.7), 6))
+    result = lmm_jax.fit("Reaction ~ Days * w + (1 | Subject)", data)
+    assert -2 * result.loglik == pytest.approx(1779.92306328, abs=1e-4)
+    table = result.anova()
+    np.testing.assert_allclose(table["F value"], [167.282464, 0.009069117423, 0.01243691337], rtol=1e-5)
+    np.testing.assert_allclose(table["DenDF"], [159.0234233, 162.51833, 163.5696357], rtol=1e-3)
+    np.testing.assert_allclose(table["F value"], (result.fixef / result.se).to_numpy()[1:] ** 2, rtol=1e-10)
