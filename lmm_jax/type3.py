@@ -4,7 +4,8 @@ For treatment-coded X (formulaic's default) lmerTest expresses each term's full 
 (`~ 0 + term`, every level) in X's coefficients, L₀ = (X⁺ R)' with R the stacked full codings
 (and the intercept), then, from the highest-order term down, replaces a term's columns of L₀
 by their residuals on the columns of the terms containing it (T ⊂ T₂: T₂ has all of T's
-variables and more, and the same numeric variables). A term's contrast is its columns of L₀
+variables and more, and the same numeric variables, counting only a term's variables at 1 in
+R's factors table: `_contrast_coded_variables`). A term's contrast is its columns of L₀
 read at X's own columns (rows with all |entries| ≤ 1e-8 dropped). With a single term lmerTest
 uses type I instead: the term's rows of U, X'X = U'DU (Doolittle, U unit upper triangular,
 from the fit's own X).
@@ -38,6 +39,16 @@ def _variables(spec) -> tuple[dict, list]:
 
 def _term_variables(term) -> set:
     return {str(f) for f in term.factors}
+
+
+def _contrast_coded_variables(variables: dict) -> dict:
+    """Per term, its variables whose entry in R's `attr(terms, "factors")` is 1: v in T is 1
+    when T without v is a term of the model or empty, else 2 (in `z + x + x:g2`, x:g2 has g2
+    at 1 and x at 2). lmerTest's `term_contain` reads only the 1 entries, so x is not contained
+    in x:g2 and its test is of x's own coefficient."""
+    present = {frozenset(v) for v in variables.values()}
+    return {name: {v for v in vs if not (vs - {v}) or frozenset(vs - {v}) in present}
+            for name, vs in variables.items()}
 
 
 def _synthetic_frame(spec, kinds: dict, repeats: int = 3) -> pd.DataFrame:
@@ -110,7 +121,7 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
 
 def _orthogonalise(L0: np.ndarray, terms, columns: dict, kinds: dict) -> None:
     """From the highest order down: a term's columns -> residuals on its containing terms'."""
-    variables = {str(t): _term_variables(t) for t in terms}
+    variables = _contrast_coded_variables({str(t): _term_variables(t) for t in terms})
     numerics = {k: {v for v in vs if kinds.get(v) is None} for k, vs in variables.items()}
     for term in sorted(variables, key=lambda k: -len(variables[k])):
         containing = [t for t in variables if variables[term] < variables[t]

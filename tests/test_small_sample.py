@@ -150,3 +150,20 @@ def test_type3_anova_of_two_numeric_covariates_and_their_interaction(sleepstudy)
     np.testing.assert_allclose(table["F value"], [167.282464, 0.009069117423, 0.01243691337], rtol=1e-5)
     np.testing.assert_allclose(table["DenDF"], [159.0234233, 162.51833, 163.5696357], rtol=1e-3)
     np.testing.assert_allclose(table["F value"], (result.fixef / result.se).to_numpy()[1:] ** 2, rtol=1e-10)
+
+
+def test_type3_anova_of_an_interaction_without_its_factor_main_effect(sleepstudy):
+    """lmerTest 3.1-3's anova(m) of Reaction ~ w + Days + Days:late + (1 | Subject) (late =
+    Days >= 5, w as above; REML criterion 1778.34725): in R's factors table Days:late has late
+    at 1 and Days at 2 (no `late` term), so lmerTest does not count Days as contained in
+    Days:late and tests Days' own coefficient. The old containment rule (every variable)
+    tested Days averaged over late."""
+    import lmm_jax
+
+    data = sleepstudy.assign(w=np.round(np.sin(np.arange(len(sleepstudy)) * 0.7), 6),
+                             late=np.where(sleepstudy["Days"] >= 5, "late", "early"))
+    result = lmm_jax.fit("Reaction ~ w + Days + Days:late + (1 | Subject)", data)
+    assert -2 * result.loglik == pytest.approx(1778.34725, abs=1e-4)
+    table = result.anova()
+    np.testing.assert_allclose(table["F value"], [0.0002895833151, 14.34143253, 0.9240434725], rtol=1e-5)
+    np.testing.assert_allclose(table["DenDF"], [159.2151172, 159.0003164, 159.0003499], rtol=1e-3)
