@@ -121,9 +121,10 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
 
 def _orthogonalise(L0: np.ndarray, terms, columns: dict, kinds: dict) -> None:
     """From the highest order down: a term's columns -> residuals on its containing terms'."""
-    variables = _contrast_coded_variables({str(t): _term_variables(t) for t in terms})
+    all_variables = {str(t): _term_variables(t) for t in terms}
+    variables = _contrast_coded_variables(all_variables)
     numerics = {k: {v for v in vs if kinds.get(v) is None} for k, vs in variables.items()}
-    for term in sorted(variables, key=lambda k: -len(variables[k])):
+    for term in sorted(variables, key=lambda k: -len(all_variables[k])):  # by order: all variables
         containing = [t for t in variables if variables[term] < variables[t]
                       and numerics[term] == numerics[t]]
         if not containing:
