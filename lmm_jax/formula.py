@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import formulaic
 
@@ -140,10 +141,17 @@ def _uncorrelated_exprs(expr: str, part: str) -> list[str]:
     intercept on its own: '1 + x' -> ['1', '0 + x'], 'x * z' -> ['1', '0 + x', '0 + z',
     '0 + x:z'] (formulaic expands `*`, `/` and powers as R's terms() does)."""
     try:
-        terms = [str(term) for term in formulaic.Formula(expr)]
+        terms = _expanded_terms(expr)
     except Exception as error:  # formulaic's parse errors
         raise FormulaError(f"random term {part!r}: cannot parse {expr!r} before '||': {error}") from None
     return [term if term == "1" else f"0 + {term}" for term in terms]
+
+
+@lru_cache(maxsize=256)
+def _expanded_terms(expr: str) -> tuple[str, ...]:
+    """formulaic's terms of `expr`, cached: a parse costs ~0.13 ms, ~10x the rest of
+    `parse_formula`, on every fit."""
+    return tuple(str(term) for term in formulaic.Formula(expr))
 
 
 def _check_parentheses(text: str) -> None:
