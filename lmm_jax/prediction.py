@@ -10,6 +10,7 @@ import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
 from .design import DataError, categorical_call_column, row_labels
+from .factor_levels import PREDICT_CONTEXT, drop_unused_categories
 
 
 def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
@@ -17,7 +18,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     design = result.design
     if newdata is None:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
-    frame = newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata))
+    frame = drop_unused_categories(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
     X = _matrix(design.fixed_spec, frame, "fixed part")
     names = [("(Intercept)" if c == "Intercept" else c) for c in X.model_spec.column_names]
     keep = [names.index(n) for n in design.fixed_names]
@@ -31,7 +32,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
                             "pass random_effects=False for population predictions")
         values = np.asarray(_matrix(term.model_spec, frame, f"random term {term.spec.source!r}"), dtype=float)
         position = {label: i for i, label in enumerate(term.levels)}
-        index = np.array([position.get(label, -1) for label in row_labels(frame, term.spec.factors)])
+        index = np.array([position.get(label, -1) for label in row_labels(frame, term.spec.factors)], dtype=int)
         effects = np.where((index >= 0)[:, None], modes[np.maximum(index, 0)], 0.0)
         out = out + np.sum(values * effects, axis=1)
     return out
@@ -46,16 +47,18 @@ def _matrix(model_spec, frame: pd.DataFrame, where: str):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DataMismatchWarning)
-            return model_spec.get_model_matrix(frame, na_action="raise")
+            return model_spec.get_model_matrix(frame, na_action="raise", context=PREDICT_CONTEXT)
     except Exception as error:
         raise DataError(f"cannot build the {where} for newdata: {error}") from None
 
 
 def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:
-    """Raise naming the column when a categorical factor of the spec (a column, or
-    `C(column, ...)`) has values in newdata outside the levels it was fitted with."""
+    """Raise naming the column when a categorical factor of the spec's own terms (a column, or
+    `C(column, ...)`) has values in newdata outside the levels it was fitted with (the spec's
+    encoder state holds every part's factors: `design._model_matrices`)."""
+    own_factors = {str(factor) for term in model_spec.terms for factor in term.factors}
     for factor, (kind, state) in model_spec.encoder_state.items():
-        column = _factor_column(factor, frame)
+        column = _factor_column(factor, frame) if factor in own_factors else None
         if getattr(kind, "value", kind) != "categorical" or column is None or "categories" not in state:
             continue
         levels = list(state["categories"])

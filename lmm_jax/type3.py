@@ -25,6 +25,8 @@ import formulaic
 import numpy as np
 import pandas as pd
 
+from .factor_levels import FIT_CONTEXT, PREDICT_CONTEXT
+
 TOLERANCE = 1e-8
 
 
@@ -94,10 +96,11 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
     columns = _column_map(spec, terms)
     try:
         frame = _synthetic_frame(spec, kinds)
-        X = np.asarray(spec.get_model_matrix(frame), dtype=float)
+        X = np.asarray(spec.get_model_matrix(frame, context=PREDICT_CONTEXT), dtype=float)
         if X.shape[1] <= 1 or len(terms) <= 1:
             return type1_contrasts(design.X, columns)
-        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame), dtype=float) for t in terms]
+        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame, context={**globals(), **FIT_CONTEXT}),
+                           dtype=float) for t in terms]
     except NotImplementedError:
         raise
     except Exception as error:
