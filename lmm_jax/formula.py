@@ -26,6 +26,7 @@ import formulaic
 from .custom_structures import structure_keywords
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+_OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.S)
 _KEYWORD_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)?\s*\((.*)\)$", re.S)
 
 
@@ -84,11 +85,21 @@ def parse_formula(formula: str) -> ParsedFormula:
                 raise FormulaError(
                     f"term {part!r} in formula {formula!r}: a random-effect term must be "
                     "written in parentheses, as '(expr | group)'")
+            _check_not_offset(part, response)
             fixed_parts.append(part)
         else:
             random_terms.extend(bar)
     fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
     return ParsedFormula(formula, response, f"{response} ~ {fixed_rhs}", tuple(random_terms), fixed_rhs)
+
+
+def _check_not_offset(part: str, response: str) -> None:
+    """lme4's `offset(x)` (a term with coefficient fixed at 1) is not supported; formulaic
+    would read `offset` as a column name and fail with a misleading error."""
+    match = _OFFSET.match(part)
+    if match:
+        raise FormulaError(f"term {part!r}: offset() terms are not supported; subtract the offset "
+                           f"from the response instead, as 'I({response} - ({match.group(1)})) ~ ...'")
 
 
 def _random_term(part: str) -> list[RandomTermSpec] | None:
