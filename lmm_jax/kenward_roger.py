@@ -43,11 +43,12 @@ class KenwardRogerTerms(NamedTuple):
     vcov_adjusted: jnp.ndarray
 
 
-def kenward_roger_terms(derivatives: ScaleDerivatives) -> KenwardRogerTerms:
+def kenward_roger_terms(derivatives: ScaleDerivatives, interior_information=None) -> KenwardRogerTerms:
     """Φ, P_i, W and Φ_A from the φ-scale derivatives of a REML fit (module docstring).
 
-    W is `expected_information_inverse`."""
-    w = expected_information_inverse(-0.5 * derivatives.logdet_hessian)
+    W is `expected_information_inverse`; `interior_information`: the expected information
+    at an interior point, given for a fit at a boundary (see there)."""
+    w = expected_information_inverse(-0.5 * derivatives.logdet_hessian, interior_information)
     vcov = jnp.linalg.inv(derivatives.m)
     p_mats = derivatives.d_m
     q_sum = 0.5 * jnp.einsum("ij,abij->ab", w, derivatives.d2_m)
@@ -60,15 +61,34 @@ GINV_SWITCH = 1e-10  # pbkrtest: a generalised inverse when min |eigenvalue of 2
 GINV_RTOL = float(np.sqrt(np.finfo(np.float64).eps))  # MASS::ginv's tolerance, relative to the largest
 
 
-def expected_information_inverse(information: jnp.ndarray) -> jnp.ndarray:
+def expected_information_inverse(information: jnp.ndarray, interior_information=None) -> jnp.ndarray:
     """W = I⁻¹, or as pbkrtest's vcovAdj where 2I has an eigenvalue of modulus ≤ 1e-10 the
     generalised inverse (MASS::ginv: singular values below √eps of the largest dropped). An
     over-parameterised covariance, e.g. (g2 || a) = (1 | a) + (0 + g2 | a) with a two-level
     factor g2, makes I singular; its direct inverse gave a negative KR F (-157 against
-    pbkrtest's 382)."""
+    pbkrtest's 382).
+
+    Such a null space is the design's: I_ij = ½ tr(PV_iPV_j) and c'Ic = 0 iff K'(Σ c_iV_i)K = 0
+    for error contrasts K (K'X = 0), whatever V, so I has the same null space at every φ. At
+    a boundary the derivatives are taken at floored θ (`scale_derivatives.py`) and are
+    accurate to ~1e-9 of I's scale only: the null eigenvalue came out ~2e-7, above the 1e-10
+    switch, and the direct inverse gave F = 34.6 where pbkrtest gives 14.69. There the null
+    space is read from `interior_information` (I at an interior point, exact to rounding:
+    eigenvalues below √eps of its largest) and projected out of I before the switch."""
+    if interior_information is not None:
+        information = _without_null_space(information, interior_information)
     singular = jnp.min(jnp.abs(jnp.linalg.eigvalsh(2.0 * information))) <= GINV_SWITCH
     return jnp.where(singular, jnp.linalg.pinv(information, rtol=GINV_RTOL, hermitian=True),
                      jnp.linalg.inv(information))
+
+
+def _without_null_space(information: jnp.ndarray, interior_information: jnp.ndarray) -> jnp.ndarray:
+    """ΠIΠ, Π the projector on the range of `interior_information` (eigenvectors of
+    eigenvalues above √eps of the largest, MASS::ginv's rule)."""
+    values, vectors = jnp.linalg.eigh(interior_information)
+    kept = jnp.abs(values) > GINV_RTOL * jnp.max(jnp.abs(values))
+    projector = (vectors * kept) @ vectors.T
+    return projector @ information @ projector
 
 
 def _div_zero(x: float, y: float, tol: float = 1e-14) -> float:

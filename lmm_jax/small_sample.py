@@ -13,6 +13,7 @@ from functools import partial
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .arrays import ModelArrays, ModelShape, to_host
@@ -44,12 +45,21 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
     is taken on lmerTest's ψ = (θ, σ) scale instead at a `boundary` (a singular fit, where
     φ's df differ from lmerTest's) or without the φ scale."""
     phi_scale = on_variance_scale(shape)
-    derivatives = scale_derivatives(arrays, shape, theta, sigma2) if phi_scale else None
+    derivatives, interior = None, None
+    if phi_scale and boundary and shape.reml:  # and at lme4's start θ₀ (Λ = I: interior), for
+        # the information's null space (`expected_information_inverse`): one loop body of two
+        # steps (compiled once; vmap over jacfwd-of-jacfwd hangs on XLA:CPU here)
+        both = jax.lax.map(lambda th: scale_derivatives(arrays, shape, th, sigma2),
+                           jnp.stack([theta, jnp.asarray(shape.initial_theta(), theta.dtype)]))
+        derivatives = jax.tree.map(lambda leaf: leaf[0], both)
+        interior = -0.5 * both.logdet_hessian[1]
+    elif phi_scale:
+        derivatives = scale_derivatives(arrays, shape, theta, sigma2)
     if phi_scale and not boundary:
         satt = satterthwaite_terms_phi(derivatives)
     else:
         satt = satterthwaite_terms_psi(cross_products(arrays, shape), arrays, shape, theta, sigma2)
-    kr = kenward_roger_terms(derivatives) if phi_scale and shape.reml else None
+    kr = kenward_roger_terms(derivatives, interior) if phi_scale and shape.reml else None
     return SmallSampleTerms(satt, kr)
 
 

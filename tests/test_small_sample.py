@@ -134,6 +134,29 @@ def test_kenward_roger_with_a_singular_expected_information(sleepstudy):
         assert test["den_df"] == pytest.approx(17.0, rel=1e-6)
 
 
+def test_kenward_roger_with_a_singular_expected_information_at_a_boundary():
+    """The same over-parameterisation, (g2 || a) = (1 | a) + (0 + g2 | a), at a boundary
+    (θ = (0, 0.6748..., 0.8011..., 0): two zero variances). The derivatives are taken at
+    floored θ there, and I's null eigenvalue came out ~1e-7, above pbkrtest's 1e-10 switch:
+    the direct inverse gave F 64.92 and 5.978. pbkrtest 0.5.2 at this θ (lme4's optimizer
+    off; REML criterion 266.238765944, below lme4's own optimum 266.559003604): F
+    104.748535605 and 6.64690810069 on 11 df."""
+    import pandas as pd
+
+    import lmm_jax
+
+    i = np.arange(96)
+    g2 = np.where(i % 2 == 0, "p", "q")
+    y = np.round(2 + 0.5 * (g2 == "q") + np.sin(1.3 * (i // 8)) + np.cos(2.1 * i) + 0.5 * np.sin(0.7 * i * i), 6)
+    result = lmm_jax.fit("y ~ g2 + (g2 || a)", pd.DataFrame({"y": y, "a": i // 8, "g2": g2}))
+    assert result.singular and result.objective == pytest.approx(266.238765944, abs=1e-6)
+    np.testing.assert_allclose(result.theta, [0.0, 0.674840093445, 0.801114058309, 0.0], atol=1e-6)
+    for contrast, f_value in (([1, 0], 104.748535605), ([0, 1], 6.64690810069)):
+        test = result.test(contrast, ddf="Kenward-Roger")
+        assert test["F"] == pytest.approx(f_value, rel=1e-6)
+        assert test["den_df"] == pytest.approx(11.0, rel=1e-6)
+
+
 def test_type3_anova_of_two_numeric_covariates_and_their_interaction(sleepstudy):
     """lmerTest 3.1-3's anova(m) of Reaction ~ Days * w + (1 | Subject), w = sin(0.7 i)
     rounded to 6 digits (REML criterion 1779.92306328): with numeric variables only, x is not
