@@ -23,7 +23,7 @@ from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
 from .covariance_structures import Diagonal
 from .custom_structures import structure_for_term
 from .known_covariance import check_known, known_term
-from .factor_levels import FIT_CONTEXT, drop_unused_categories
+from .factor_levels import FACTOR_CALLS, FIT_CONTEXT, as_factors
 from .structures import CholeskyFactor, CovarianceStructure
 
 RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
@@ -110,7 +110,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
     frame = _as_frame(data)
     used = _used_columns(parsed, frame)
     frame, n_dropped = _drop_missing(frame, used, weights, _outside_given_levels(parsed, frame))
-    frame = drop_unused_categories(frame)
+    frame = as_factors(frame, keep=parsed.response)
     prior_weights = _prior_weights(weights, frame)
     fixed_built, terms_built = _model_matrices(parsed, frame)
     terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}), terms_built)
@@ -173,7 +173,8 @@ def _formula_variables(text: str, frame: pd.DataFrame) -> set[str]:
     builtins that formulaic reports (`list`, `range` in `C(x, levels=list(range(5)))`) are no
     columns unless the data has one of that name."""
     columns = set(frame.columns)
-    required = {v for v in _formulaic(text).required_variables if v in columns or not hasattr(builtins, v)}
+    required = {v for v in _formulaic(text).required_variables
+                if v in columns or not (hasattr(builtins, v) or v in FACTOR_CALLS)}
     return required | (_python_factor_names(text) & columns)
 
 
@@ -230,8 +231,8 @@ def _outside_given_levels(parsed: ParsedFormula, frame: pd.DataFrame) -> dict[st
 
 
 def categorical_call_column(node: ast.AST, frame: pd.DataFrame) -> str | None:
-    """x when `node` is a call `C(x, ...)` on a column x of `frame`, else None."""
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "C"
+    """x when `node` is a call `C(x, ...)` (or `factor(x)`) on a column x of `frame`, else None."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FACTOR_CALLS
             and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in frame.columns):
         return node.args[0].id
     return None

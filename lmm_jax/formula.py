@@ -72,7 +72,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     sides = _split_top_level(formula, "~")
     if len(sides) != 2 or not sides[0].strip() or not sides[1].strip():
         raise FormulaError(f"formula {formula!r} must have the form 'response ~ terms'")
-    response, rhs = sides[0].strip(), sides[1].strip()
+    response, rhs = python_powers(sides[0].strip()), sides[1].strip()
     fixed_parts: list[str] = []
     random_terms: list[RandomTermSpec] = []
     for chunk in _split_top_level(rhs, "+"):
@@ -86,11 +86,37 @@ def parse_formula(formula: str) -> ParsedFormula:
                     f"term {part!r} in formula {formula!r}: a random-effect term must be "
                     "written in parentheses, as '(expr | group)'")
             _check_not_offset(part, response)
-            fixed_parts.append(part)
+            fixed_parts.append(python_powers(part))
         else:
             random_terms.extend(bar)
     fixed_rhs = " + ".join(fixed_parts) if fixed_parts else "1"
     return ParsedFormula(formula, response, f"{response} ~ {fixed_rhs}", tuple(random_terms), fixed_rhs)
+
+
+def python_powers(text: str) -> str:
+    """`text` with each `^` inside a Python expression of the formula (a call's arguments,
+    `I(x^2)`, `log(x^2)`, or formulaic's `{...}`) written `**`: R's `^` is a power there, and
+    Python's is XOR, which gave I(Days^2) = Days XOR 2 for an integer column (another model,
+    silently) and an error for a float one. `^` between formula terms, `(a + b)^2`, and inside
+    quotes or backticks is left as it is."""
+    out, python_depth, stack, quote = [], 0, [], None
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"`":
+            quote = char
+        elif char in "([{":
+            previous = text[:i].rstrip()[-1:]
+            is_python = char != "(" or python_depth > 0 or previous.isalnum() or previous in "_.])"
+            stack.append(is_python)
+            python_depth += is_python
+        elif char in ")]}" and stack:
+            python_depth -= stack.pop()
+        elif char == "^" and python_depth > 0:
+            out.append("**")
+            continue
+        out.append(char)
+    return "".join(out)
 
 
 def _check_not_offset(part: str, response: str) -> None:
@@ -121,7 +147,7 @@ def _random_term(part: str) -> list[RandomTermSpec] | None:
         expr, group, uncorrelated = pieces[0], pieces[1], False
     else:
         raise FormulaError(f"random term {part!r} must be '(expr | group)' or '(expr || group)'")
-    expr, group = expr.strip(), group.strip()
+    expr, group = python_powers(expr.strip()), group.strip()
     if not expr:
         raise FormulaError(f"random term {part!r} has nothing before the bar; write '(1 | g)' for an intercept")
     if not group:

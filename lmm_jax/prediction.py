@@ -10,7 +10,7 @@ import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
 from .design import DataError, categorical_call_column, row_labels
-from .factor_levels import PREDICT_CONTEXT, drop_unused_categories
+from .factor_levels import PREDICT_CONTEXT, as_factors
 
 
 def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
@@ -18,7 +18,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     design = result.design
     if newdata is None:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
-    frame = drop_unused_categories(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
+    frame = as_factors(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
     X = _matrix(design.fixed_spec, frame, "fixed part")
     names = [("(Intercept)" if c == "Intercept" else c) for c in X.model_spec.column_names]
     keep = [names.index(n) for n in design.fixed_names]
@@ -71,7 +71,7 @@ def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:
 
 
 def _factor_column(factor: str, frame: pd.DataFrame) -> str | None:
-    """The data column a factor reads: the factor itself, or x in `C(x, ...)`."""
+    """The data column a factor reads: the factor itself, or x in `C(x, ...)` or `factor(x)`."""
     if factor in frame.columns:
         return factor
     try:
