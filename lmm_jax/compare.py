@@ -17,15 +17,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .model import Model
 
 REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
 
 
 def refit_ml(result):
-    """The ML fit of a fitted model's design (same data, formula and weights)."""
-    model = result.model
-    return Model(result.design, "ML", model.data_name, model.shape.known_scale).fit()
+    """The ML fit of a fitted model (same data, formula, weights and residual structures)."""
+    return result.model.with_method("ML").fit()
 
 
 def _names(results, names) -> list[str]:

@@ -21,6 +21,7 @@ With `known_scale=True` the prior weights are the known inverse residual varianc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from functools import partial
 from typing import NamedTuple
@@ -286,6 +287,13 @@ class Model:
         _is_reml(method)
         return cls(build_design(formula, data, weights, known_scale, known), method, data_name,
                    known_scale)
+
+    def with_method(self, method: str) -> "Model":
+        """The same model (design, arrays, structures) to be fitted by `method` instead."""
+        other = copy.copy(self)
+        other.method = "REML" if _is_reml(method) else "ML"
+        other.shape = dataclasses.replace(self.shape, reml=other.method == "REML")
+        return other
 
     def initial_theta(self) -> jnp.ndarray:
         """lme4's θ₀ (identity factors), on the device: copied there once per model (a copy

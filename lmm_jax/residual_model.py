@@ -19,6 +19,7 @@ differs: it uses log(n - p) for REML fits (log n for ML), which `ResidualFitResu
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -108,6 +109,12 @@ class ResidualModel(Model):
         `variance` a variance function string."""
         design = build_design(formula, data, weights, allow_fixed_only=True)
         return cls(design, data, method, data_name, correlation, variance)
+
+    def with_method(self, method: str) -> "ResidualModel":
+        """The same model, its residual structures included, to be fitted by `method`."""
+        other = super().with_method(method)
+        other.residual_shape = dataclasses.replace(self.residual_shape, model=other.shape)
+        return other
 
     def initial_theta(self) -> jnp.ndarray:
         """The starting x = (θ, correlation params, variance params), on the device (copied

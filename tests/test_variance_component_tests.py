@@ -250,6 +250,29 @@ def test_compare_refits_reml_with_ml_as_lme4(sleep_fits):
     assert table.loc["b", "Pr(>Chisq)"] == pytest.approx(lrt["p_chisq"], rel=1e-4)
 
 
+def test_compare_refits_residual_structures_and_linear_models(sleep_fits, sleepstudy):
+    """REML fits with residual structures are refitted with them: the refit built a plain
+    Model of the design, which dropped the AR(1) correlation (Chisq 123.04 where nlme gives
+    58.36) and failed for the linear model (an empty theta). nlme 3.1-162's anova(g1, g2) of
+    lme(weight ~ Time [* Diet], random = ~1 | Rat, correlation = corAR1(form = ~1 | Rat),
+    method = "ML") on bodyweight: logLik -604.357053678 and -575.178179002, L.Ratio
+    58.3577493521 on 4 df; lme4's anova(lmer(Reaction ~ Days + (Days | Subject)),
+    lm(Reaction ~ Days)): logLik -950.1465282 for the linear model, Chisq 148.35371 on 3 df."""
+    data = lmm_jax.datasets.load("bodyweight")
+    fits = [lmm_jax.fit(f"weight ~ {fixed} + (1 | Rat)", data, correlation="ar1(~ 1 | Rat)")
+            for fixed in ("Time", "Time * Diet")]
+    with pytest.warns(UserWarning, match="refitting model"):
+        table = lmm_jax.compare(*fits, names=["g1", "g2"])
+    assert [fit.method for fit in fits] == ["REML", "REML"]
+    np.testing.assert_allclose(table["logLik"], [-604.357053678, -575.178179002], atol=1e-4)
+    assert abs(table.loc["g2", "Chisq"] - 58.3577493521) <= 2e-4 and table.loc["g2", "Df"] == 4
+    linear = lmm_jax.fit("Reaction ~ Days", sleepstudy)
+    with pytest.warns(UserWarning, match="refitting model"):
+        table = lmm_jax.compare(linear, sleep_fits[SLEEP_FULL, "ML"], names=["lm", "full"])
+    assert abs(table.loc["lm", "logLik"] - (-950.1465282)) <= 1e-4
+    assert abs(table.loc["full", "Chisq"] - 148.35371) <= 2e-4 and table.loc["full", "Df"] == 3
+
+
 def test_compare_refusals(sleep_fits, sleepstudy):
     with pytest.raises(ValueError, match="at least two"):
         lmm_jax.compare(sleep_fits[SLEEP_FULL, "ML"])
