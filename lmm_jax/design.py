@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import re
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -171,11 +172,23 @@ def _formula_variables(text: str, frame: pd.DataFrame) -> set[str]:
     `bs(x)`), which formulaic 1.2.2 leaves out (its introspection of them fails and it
     returns no variables; fixed upstream in formulaic PR #268, not yet released). Python's
     builtins that formulaic reports (`list`, `range` in `C(x, levels=list(range(5)))`) are no
-    columns unless the data has one of that name."""
+    columns unless the data has one of that name, and dotted names are read whole
+    (`_dotted_columns`)."""
     columns = set(frame.columns)
-    required = {v for v in _formulaic(text).required_variables
-                if v in columns or not (hasattr(builtins, v) or v in FACTOR_CALLS)}
+    required = set()
+    for name in _formulaic(text).required_variables:
+        dotted = _dotted_columns(name, text, columns)
+        if name in columns or not (dotted or hasattr(builtins, name) or name in FACTOR_CALLS):
+            required.add(name)
+        required |= dotted
     return required | (_python_factor_names(text) & columns)
+
+
+def _dotted_columns(name: str, text: str, columns: set) -> set:
+    """The columns `name.rest` (R's dotted names, `my.days`) that `text` names: formulaic
+    reports `my.days` and `` `my.days` `` as a variable 'my', though it reads the column."""
+    return {column for column in columns if isinstance(column, str) and column.startswith(f"{name}.")
+            and re.search(rf"(?<![\w.]){re.escape(column)}(?![\w.])", text)}
 
 
 @lru_cache(maxsize=256)

@@ -158,19 +158,25 @@ def _random_term(part: str) -> list[RandomTermSpec] | None:
 
 
 def _grouping_factors(group: str, part: str) -> list[tuple[str, ...]]:
-    """`a/b/c` -> [(a,), (b, a), (c, b, a)] as lme4 names them ('b:a'); `a:b` -> [(a, b)]."""
+    """`a/b/c` -> [(a,), (b, a), (c, b, a)] as lme4 names them ('b:a'); `a:b` -> [(a, b)].
+    A name in backticks (`` `sub ject` ``) is any column's."""
+    quoted = {_unquoted(name) for name in re.findall(r"`[^`]+`", group)}
     nested = [piece.strip() for piece in group.split("/")]
     out: list[tuple[str, ...]] = []
     outer: tuple[str, ...] = ()
     for piece in nested:
-        factors = tuple(name.strip() for name in piece.split(":"))
+        factors = tuple(_unquoted(name.strip()) for name in piece.split(":"))
         for name in factors:
-            if not _NAME.match(name):
+            if not (_NAME.match(name) or name in quoted):
                 raise FormulaError(
                     f"random term {part!r}: grouping factor {name!r} is not a column name")
         outer = factors + outer
         out.append(outer)
     return out
+
+
+def _unquoted(name: str) -> str:
+    return name[1:-1] if len(name) > 2 and name[0] == name[-1] == "`" else name
 
 
 def _uncorrelated_exprs(expr: str, part: str) -> list[str]:

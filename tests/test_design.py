@@ -288,3 +288,21 @@ def test_double_bar_splits_the_expanded_terms(term, exprs):
     parsed = design.parse_formula(f"y ~ x * z + {term}")
     assert [spec.expr for spec in parsed.random] == exprs
     assert all(spec.factors == ("a",) for spec in parsed.random)
+
+
+@pytest.mark.parametrize("formula", [
+    "Reaction ~ my.days + (my.days | `sub ject`)",
+    "Reaction ~ `my.days` + (`my.days` | `sub ject`)",
+])
+def test_dotted_and_quoted_column_names_are_read_whole(sleepstudy, formula):
+    """R's dotted names: formulaic reports `my.days` as a variable 'my' ("column 'my' ... is
+    not in the data"); a grouping column with a space, in backticks, was "not a column name"."""
+    renamed = sleepstudy.assign(**{"my.days": sleepstudy["Days"], "sub ject": sleepstudy["Subject"]})
+    renamed.loc[renamed.index[0], "my.days"] = np.nan  # its row is dropped: the column is read
+    with pytest.warns(UserWarning, match=r"dropped 1 of 180 rows .* my\.days \(1\)"):
+        result = lmm_jax.fit(formula, renamed)
+    reference = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", sleepstudy.iloc[1:])
+    assert list(result.fixef.index) == ["(Intercept)", "my.days"] and list(result.ranef()) == ["sub ject"]
+    np.testing.assert_allclose(result.fixef.to_numpy(), reference.fixef.to_numpy(), rtol=1e-10)
+    np.testing.assert_allclose(result.predict(renamed.iloc[1:4]), reference.predict(sleepstudy.iloc[1:4]),
+                               rtol=1e-10)
