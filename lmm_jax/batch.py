@@ -42,6 +42,7 @@ import pandas as pd
 
 from .arrays import ModelArrays, ModelShape
 from .batch_runner import cast_floats, check_dtype, run_in_chunks
+from .blocked import factors_unrolled
 from .design import DataError, _as_frame
 from .formula import parse_formula
 from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
@@ -119,6 +120,7 @@ def _responses(responses, data, design) -> tuple[np.ndarray, tuple]:
     if isinstance(responses, pd.Series):
         responses = responses.to_frame()
     if isinstance(responses, pd.DataFrame):
+        responses = _aligned_to_data(responses, data)
         names = tuple(responses.columns)
         values = responses.to_numpy(dtype=float)
     else:
@@ -139,6 +141,19 @@ def _responses(responses, data, design) -> tuple[np.ndarray, tuple]:
                         f"{', '.join(map(repr, np.asarray(names, dtype=object)[bad][:5]))} "
                         "(in rows that the design keeps); fit those separately")
     return values.T, names
+
+
+def _aligned_to_data(responses: pd.DataFrame, data) -> pd.DataFrame:
+    """A DataFrame of responses matched to `data`'s rows by index label, as pandas aligns
+    (position matched them: a shuffled copy of sleepstudy's Reaction was fitted as another
+    response, silently); an index that is not a reordering of `data`'s is an error."""
+    if not isinstance(data, pd.DataFrame) or responses.index.equals(data.index):
+        return responses
+    if data.index.is_unique and responses.index.is_unique and len(responses.index) == len(data.index) \
+            and responses.index.isin(data.index).all():
+        return responses.reindex(data.index)
+    raise DataError("the index of the responses DataFrame is not a reordering of data's index, so its rows "
+                    "cannot be matched to data's; pass responses.to_numpy() to match them by position")
 
 
 def _design_frame(formula: str, data) -> pd.DataFrame:
@@ -197,7 +212,8 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     consts = dict(arrays=arrays, theta0=np.asarray(theta0, dtype))
     params, se = run_in_chunks(fit_responses, ys, consts, dict(shape=model.shape), batch_size=batch_size,
                                chunk_size=chunk_size, mesh=mesh, dtype=dtype, progress=progress,
-                               compiler_options=BATCH_COMPILER_OPTIONS)
+                               compiler_options=BATCH_COMPILER_OPTIONS,
+                               concurrent=factors_unrolled(model.shape, model.design.n_fixed))
     return _result(names, model.design.fixed_names, model.method, params, se)
 
 
@@ -212,7 +228,8 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
         out = run_in_chunks(fit_stacked, stacked_arrays([designs[i] for i in members], key),
                             dict(theta0=np.asarray(theta0, dtype)), dict(shape=shape), batch_size=batch_size,
                             chunk_size=chunk_size, mesh=mesh, dtype=dtype, progress=progress,
-                            desc=f"fit_batch n={key[0]}", compiler_options=BATCH_COMPILER_OPTIONS)
+                            desc=f"fit_batch n={key[0]}", compiler_options=BATCH_COMPILER_OPTIONS,
+                            concurrent=factors_unrolled(shape, designs[0].n_fixed))
         for j, i in enumerate(members):
             results[i] = jax.tree_util.tree_map(lambda a, j=j: a[j], out)
     params, se = jax.tree_util.tree_map(lambda *parts: np.stack(parts), *results)

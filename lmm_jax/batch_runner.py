@@ -80,16 +80,20 @@ def chunk_layout(n_items: int, batch_size: int, chunk_size: int, n_devices: int 
 
 def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: int, chunk_size: int, mesh=None,
                   dtype: str = "float64", progress: bool = False, desc: str = "fit_batch",
-                  compiler_options: dict | None = None):
+                  compiler_options: dict | None = None, concurrent: bool = True):
     """`function(items=chunk, batch_size=, mesh=, **consts, **static)` over equal chunks of
     `items` (host arrays, leading axis B); the outputs as host arrays, concatenated and cut
     back to B items. `function` is jitted, `static` holds its static arguments besides
     batch_size and mesh, `compiler_options` those it was jitted with. The program is
     compiled once ahead of time (loaded from the store of `exported_programs.py` when the
     compilation cache is on); on a CPU without a mesh, `host_threads` chunks then run at
-    once (one per core)."""
+    once (one per core), unless not `concurrent`: a program with batched LAPACK calls
+    (`blocked.factors_unrolled`) runs one chunk at a time, since jaxlib's CPU batched
+    kernels wait on the thread pool they run on, and two chunks' kernels, one per core,
+    each holding a pool thread, hung for good (fit_batch of (Days || Subject) at B = 64:
+    0% CPU; one thread: B = 2,000 in 1.2 s, three runs)."""
     n_items = jax.tree_util.tree_leaves(items)[0].shape[0]
-    n_threads = host_threads(mesh)
+    n_threads = host_threads(mesh) if concurrent else 1
     n_chunks, per_chunk, batch_size = chunk_layout(n_items, batch_size, chunk_size,
                                                    device_count(mesh), n_threads)
     extra = n_chunks * per_chunk - n_items

@@ -29,7 +29,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 
 from .arrays import ModelArrays, ModelShape, relative_factors
 from .likelihood import Profiled
-from .small_linalg import small_cholesky, small_solve_lower, small_solve_upper_transposed
+from .small_linalg import UNROLL_LIMIT, small_cholesky, small_solve_lower, small_solve_upper_transposed
 from .schur_cholesky import schur_factor_parts
 from .sparse_schur import (SchurPairs, entry_values, level_entry_sums, level_pair_sums, pair_products,
                            sparse_z_rest_block, sparse_zz_block)
@@ -63,6 +63,13 @@ class BlockedFactor(NamedTuple):
 def rest_size(shape: ModelShape) -> int:
     """q₂: the number of random effects outside the first term."""
     return sum(m * d for m, d in zip(shape.n_levels[1:], shape.dims[1:]))
+
+
+def factors_unrolled(shape: ModelShape, n_fixed: int) -> bool:
+    """Whether every dense factor of a fit is unrolled (`small_linalg.UNROLL_LIMIT`): the
+    first term's blocks (p₁ x p₁) and the Schur complement ((q₂ + p + 1) square). A larger
+    one is a LAPACK call, and a batched one under vmap (`batch_runner.run_in_chunks`)."""
+    return max(shape.dims[0], rest_size(shape) + n_fixed + 1) <= UNROLL_LIMIT
 
 
 def cross_products(arrays: ModelArrays, shape: ModelShape) -> CrossProducts:

@@ -291,6 +291,8 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
         warnings.warn(f"dropped {n_dropped} of {len(frame)} rows with missing values in: {detail}",
                       stacklevel=4)
         sub = sub.loc[~bad_rows]
+    if len(frame) == 0:
+        raise DataError("data has no rows")
     if len(sub) == 0:
         raise DataError("no rows left after dropping rows with missing values")
     return sub, n_dropped

@@ -24,6 +24,7 @@ import math
 from collections import defaultdict
 
 import numpy as np
+import pandas as pd
 
 from .arrays import ModelArrays, ModelShape
 from .design import DataError, Design, build_design
@@ -41,6 +42,9 @@ def bucket_size(n: int) -> int:
 
 def dataset_designs(formula: str, datasets) -> tuple[tuple, list[Design]]:
     """(names, designs): one design per data set, terms in the first one's order."""
+    if isinstance(datasets, pd.DataFrame):  # iterating it would give its column names
+        raise DataError("datasets must be a list or dict of data sets, got one DataFrame; pass "
+                        "datasets=[frame], or data=frame with responses=")
     if isinstance(datasets, dict):
         names, frames = tuple(datasets), list(datasets.values())
     else:
@@ -66,13 +70,13 @@ def _check_same_structure(design: Design, first: Design | None, name, first_name
         raise DataError(f"dataset {name!r} has fixed-effect columns {list(design.fixed_names)}, "
                         f"dataset {first_name!r} has {list(first.fixed_names)}; every data set "
                         "must give the same columns (same factor levels, none dropped as rank deficient)")
-    by_source = {t.spec.source: t for t in design.terms}
+    by_spec = {t.spec: t for t in design.terms}  # the spec, not its source: (x || g) has two terms
     for term in first.terms:
-        other = by_source[term.spec.source]
+        other = by_spec[term.spec]
         if other.column_names != term.column_names:
             raise DataError(f"dataset {name!r} has columns {list(other.column_names)} in random term "
                             f"{term.spec.source!r}, dataset {first_name!r} has {list(term.column_names)}")
-    return dataclasses.replace(design, terms=tuple(by_source[t.spec.source] for t in first.terms))
+    return dataclasses.replace(design, terms=tuple(by_spec[t.spec] for t in first.terms))
 
 
 def bucket_key(design: Design) -> tuple[int, tuple[int, ...]]:

@@ -116,3 +116,46 @@ def test_batch_through_stored_programs_equals_plain(tmp_path):
             assert len(list((tmp_path / "cache" / "lmm_jax_programs").glob("*.exe"))) == 1
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-12)
     np.testing.assert_array_equal(outputs[2], outputs[1])
+
+
+def test_a_responses_frame_is_matched_to_data_by_index_label(sleepstudy):
+    """A shuffled copy of the responses (same labels) was matched by position: another
+    response fitted silently (β̂ 293.7, 1.06 where the data give 251.4, 10.47)."""
+    Y = pd.DataFrame(simulate_sleepstudy(sleepstudy, 3, seed=8), index=sleepstudy.index, columns=list("abc"))
+    in_order = lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y, progress=False)
+    shuffled = lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y.sample(frac=1.0, random_state=3),
+                                 progress=False)
+    assert_close(shuffled.beta, in_order.beta, 1e-12, "beta")
+    assert_close(shuffled.loglik, in_order.loglik, 1e-12, "loglik")
+    with pytest.raises(lmm_jax.DataError, match="not a reordering of data's index"):
+        lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y.set_axis(Y.index + 1000), progress=False)
+    by_position = lmm_jax.fit_batch(FORMULA, sleepstudy, responses=Y.to_numpy(), progress=False)
+    assert_close(by_position.beta, in_order.beta, 1e-12, "beta by position")
+
+
+def test_two_term_batch_of_10000_runs_its_chunks_one_at_a_time(sleepstudy):
+    """(Days || Subject) has a 21 x 21 Schur complement: its Cholesky factor is a LAPACK call,
+    batched under vmap. Two chunks at once (one per core) hung for good at B >= 64 with the
+    CPU idle (jaxlib's batched kernels wait on the pool they run on); one at a time they
+    finish. A hang here ends the test process after 10 minutes."""
+    import faulthandler
+
+    from lmm_jax.blocked import factors_unrolled
+
+    formula = "Reaction ~ Days + (Days || Subject)"
+    model = lmm_jax.Model.from_formula(formula, sleepstudy)
+    assert not factors_unrolled(model.shape, model.design.n_fixed)
+    plain = lmm_jax.Model.from_formula(FORMULA, sleepstudy)
+    assert factors_unrolled(plain.shape, plain.design.n_fixed)  # the 3 x 3 of (Days | Subject)
+    Y = simulate_sleepstudy(sleepstudy, 10_000, seed=12)
+    faulthandler.dump_traceback_later(600, exit=True)
+    try:
+        out = lmm_jax.fit_batch(formula, sleepstudy, responses=Y, progress=False)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert out.theta.shape == (10_000, 2) and out.converged.all()
+    for i in (0, 4_999, 9_999):
+        single = model.fit_params(Y[:, i])
+        assert_close(out.beta[i], single.beta, 1e-8, f"beta of response {i}")
+        assert_close(out.theta[i], single.theta, 1e-8, f"theta of response {i}", atol=1e-10)
+        assert_close(out.loglik[i], single.loglik, 1e-8, f"loglik of response {i}")

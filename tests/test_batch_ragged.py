@@ -147,3 +147,23 @@ def test_sharded_over_four_host_devices_equals_one_device(sleepstudy, tmp_path):
     for kind, out in expected.items():
         for name in ("beta", "se", "theta", "sigma", "loglik"):
             assert_close(sharded[f"{kind}_{name}"], getattr(out, name), 1e-10, f"{kind} {name}", atol=1e-12)
+
+
+def test_double_bar_terms_in_several_datasets(sleepstudy):
+    """(Days || Subject) has two terms of one source; keyed by source, the second data set's
+    terms were compared with the wrong ones ("has columns ['Days'] ... dataset 0 has
+    ['(Intercept)']")."""
+    formula = "Reaction ~ Days + (Days || Subject)"
+    datasets = [sleepstudy, subset(sleepstudy, 12, 10)]
+    out = lmm_jax.fit_batch(formula, datasets=datasets, progress=False)
+    for i, frame in enumerate(datasets):
+        single = lmm_jax.fit(formula, frame)
+        assert_close(out.theta[i], single.theta, 1e-6, "theta", atol=1e-8)
+        assert_close(out.loglik[i], single.loglik, 1e-8, "loglik")
+
+
+def test_one_frame_or_an_empty_one_as_datasets_is_named(sleepstudy):
+    with pytest.raises(lmm_jax.DataError, match="got one DataFrame"):
+        lmm_jax.fit_batch(FORMULA, datasets=sleepstudy, progress=False)
+    with pytest.raises(lmm_jax.DataError, match="dataset 1: data has no rows"):
+        lmm_jax.fit_batch(FORMULA, datasets=[sleepstudy, sleepstudy.head(0)], progress=False)
