@@ -151,3 +151,26 @@ def test_profile_orthodont_against_lme4_and_its_rerun():
     np.testing.assert_allclose([lower[3], upper[3]], [1.097031596, 1.5884953], rtol=PROFILE_RTOL)
     assert ci.attrs["status"]["cor_age.(Intercept)|Subject"] == (
         "not reached before the parameter's bound",) * 2
+
+
+SLEEP_INTERCEPT_PROFILE = pd.DataFrame(  # lme4 1.1-31 (R 4.2.2), options(digits = 15)
+    {"lower": [26.00712044807640, 27.81384720813033, 231.99232637212364, 8.88655095805098],
+     "upper": [52.9359835296739, 34.5910498578689, 270.8178834685771, 12.0480209620086]},
+    index=["sd_(Intercept)|Subject", "sigma", "(Intercept)", "Days"])
+
+
+@pytest.mark.parametrize("k", [1e6, 1e-6])
+def test_profile_is_scale_equivariant(sleepstudy, k):
+    """Reaction · k gives k × the profile interval (every row is in the units of y). lme4
+    1.1-31's `options(digits = 15); confint(lmer(Reaction ~ Days + (1 | Subject),
+    sleepstudy), oldNames = FALSE)` is held at 1e-5 relative (its ends interpolate a spline
+    through profile points: ours differ by at most 2e-6). At k = 1e6 the inner minimisations
+    stopped at `newton.minimize`'s absolute gradient tolerance in the unscaled ψ: Days
+    [8.92411, 12.01047] · k, narrower than Wald, with every end "reached"."""
+    formula = "Reaction ~ Days + (1 | Subject)"
+    base = lmm_jax.fit(formula, sleepstudy).confint()
+    scaled = sleepstudy.assign(Reaction=sleepstudy["Reaction"] * k)
+    ci = lmm_jax.fit(formula, scaled).confint()
+    pd.testing.assert_frame_equal(ci / k, base, check_exact=False, rtol=1e-8, check_flags=False)
+    pd.testing.assert_frame_equal(ci / k, SLEEP_INTERCEPT_PROFILE, check_exact=False, rtol=1e-5,
+                                  check_flags=False)
