@@ -12,7 +12,10 @@ fits and profiling.
 Converged (status 0): max |g| ≤ gtol, or H positive definite with a Newton step H⁻¹g of at
 most xtol (1 + max |x|) in every entry (the final `_polish` takes that step), with no
 negative curvature. Otherwise the loop stops when no further decrease is possible at
-machine precision (status 1), or at maxiter.
+machine precision (status 1), or at maxiter. gtol, the start radius (1) and the curvature
+floors (1e-8, 1e-12 of max(1, max |λ|)) are absolute: x should have units in which f's
+curvature is of order 1. θ is free of y's units (not of a random slope's covariate's);
+`profile.py` standardises its sd/σ/β coordinates, whose gradients scale like 1/scale(y).
 
 With `hessian="bfgs"` the exact Hessian is replaced by a BFGS approximation built from
 the gradients alone (for large models, where one exact Hessian by autodiff costs many
