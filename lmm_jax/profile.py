@@ -52,6 +52,7 @@ NOT_CONVERGED = 2  # the root iteration ran out of steps
 STATUS_MESSAGES = {REACHED: "reached", UNREACHED: "not reached before the parameter's bound",
                    NOT_CONVERGED: "root search did not converge"}
 ROOT_TOLERANCE = 1e-9  # |√ΔD - z| at an accepted end
+AT_CORRELATION_BOUND = 1e-6  # |cor| ≥ 1 - this after an inner fit: held there and refitted
 MAX_ROOT_STEPS = 60
 
 
@@ -89,6 +90,29 @@ def _wald_distance(hess: jnp.ndarray, w, z) -> jnp.ndarray:
     return z * jnp.sqrt(2.0 * variance)
 
 
+def inner_minimum(deviance, start, free, upper):
+    """min of D over the `free` coordinates from `start`, in two phases (one traced
+    `minimize`, `lax.scan`ned). A correlation at ±1 stalls the first: steps past the
+    bound give a NaN deviance and are refused, so the trust region shrinks to nothing
+    with the other coordinates' gradients still large (Orthodont's sd_(Intercept) lower
+    end: ζ 0.002 off). The second holds the correlations that the first left within
+    `AT_CORRELATION_BOUND` of their bound where they are (not at ±1 itself, where
+    chol(R)'s √(1 - r²) has no derivative) and refits the rest; kept when it converged
+    no higher. `upper`: the coordinates' upper bounds (finite for correlations only)."""
+    bounded = jnp.isfinite(upper)
+
+    def phase(x, index):
+        held = (index == 1) & bounded & (jnp.abs(x) >= (1.0 - AT_CORRELATION_BOUND) * upper)
+        tried = (index == 0) | jnp.any(held)
+        result = minimize(deviance, x, free & ~held, run=tried)
+        return result.x, (result, tried)
+
+    _, (phases, tried) = jax.lax.scan(phase, start, jnp.arange(2))
+    first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], phases) for i in range(2))
+    use_second = tried[1] & second.converged & (second.fun <= first.fun)
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(use_second, a, b), second, first)
+
+
 def profile_end(deviance, psi_hat, d_hat, hess, w, direction, z, lower, upper,
                 max_steps: int = MAX_ROOT_STEPS):
     """One end of coordinate w's interval in `direction` (±1): (value, status)."""
@@ -103,7 +127,7 @@ def profile_end(deviance, psi_hat, d_hat, hess, w, direction, z, lower, upper,
 
     def evaluate(u, warm):
         start = warm.at[w].set(x_hat + direction * u)
-        res = minimize(deviance, start, free)
+        res = inner_minimum(deviance, start, free, upper)
         delta = res.fun - d_hat
         ok = res.converged & jnp.isfinite(res.fun)
         root = jnp.sqrt(jnp.maximum(delta, 0.0))
