@@ -12,7 +12,8 @@ one compiled program they are padded to shared shapes:
 
 n̄ and m̄_k are rounded up on the ladder 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of 2
 and 1.5 × powers of 2), so data sets of similar size share a bucket and one program,
-at most 50% padding per dimension. Terms are put in the first data set's order
+at most 50% padding per dimension; with more than `MAX_PROGRAMS` such shapes, the buckets
+that add the least padding are merged (`group_by_bucket`). Terms are put in the first data set's order
 (lme4 orders terms by decreasing number of levels, which may differ between data sets);
 θ is reported in that order.
 """
@@ -84,12 +85,51 @@ def bucket_key(design: Design) -> tuple[int, tuple[int, ...]]:
     return bucket_size(design.nobs), tuple(bucket_size(t.n_levels) for t in design.terms)
 
 
-def group_by_bucket(designs: list[Design]) -> dict[tuple, list[int]]:
-    """Indices of the data sets sharing each padded shape."""
+MAX_PROGRAMS = 4  # compiled programs (bucket shapes) per fit_batch(datasets=...) call
+
+
+def group_by_bucket(designs: list[Design], max_programs: int = MAX_PROGRAMS) -> dict[tuple, list[int]]:
+    """Indices of the data sets sharing each padded shape, in at most `max_programs`
+    shapes: while there are more, the two buckets whose merge adds the least padded work
+    (`_merge_cost`) share the larger of their shapes, entry by entry. Every shape is a
+    program to compile (~1-3 s on a CPU, and each holds memory maps that are never freed):
+    120 data sets of 8-260 rows and 3-24 groups had 27 shapes, 30-47 s of compiling per
+    call, and repeated calls ran out of memory maps (LLVM's "Unable to allocate section
+    memory" aborted the process)."""
     groups = defaultdict(list)
     for i, design in enumerate(designs):
         groups[bucket_key(design)].append(i)
-    return dict(groups)
+    return merged_buckets(dict(groups), max_programs)
+
+
+def merged_buckets(groups: dict[tuple, list[int]], max_programs: int) -> dict[tuple, list[int]]:
+    """`groups` (shape -> members) merged pairwise, least added padding first, down to
+    `max_programs` shapes (`group_by_bucket`)."""
+    groups = dict(groups)
+    while len(groups) > max_programs:
+        keys = list(groups)
+        pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i + 1:]]
+        a, b = min(pairs, key=lambda pair: _merge_cost(*pair, groups))
+        merged = _covering_key(a, b)
+        members = groups.pop(a) + groups.pop(b)
+        groups[merged] = sorted(groups.get(merged, []) + members)
+    return groups
+
+
+def _covering_key(a: tuple, b: tuple) -> tuple:
+    """The smallest shape holding both: the larger row count and level counts."""
+    return max(a[0], b[0]), tuple(max(x, y) for x, y in zip(a[1], b[1]))
+
+
+def _fit_work(key: tuple) -> int:
+    """A proxy for one fit's cost in shape (n̄, m̄): its rows and its random-effect levels."""
+    return key[0] + sum(key[1])
+
+
+def _merge_cost(a: tuple, b: tuple, groups: dict) -> int:
+    """The padded work merging buckets a and b adds: their fits at the covering shape."""
+    covering = _fit_work(_covering_key(a, b))
+    return sum(len(groups[k]) * (covering - _fit_work(k)) for k in (a, b))
 
 
 def padded_arrays(design: Design, n_rows: int) -> ModelArrays:

@@ -167,3 +167,33 @@ def test_one_frame_or_an_empty_one_as_datasets_is_named(sleepstudy):
         lmm_jax.fit_batch(FORMULA, datasets=sleepstudy, progress=False)
     with pytest.raises(lmm_jax.DataError, match="dataset 1: data has no rows"):
         lmm_jax.fit_batch(FORMULA, datasets=[sleepstudy, sleepstudy.head(0)], progress=False)
+
+
+def test_buckets_merge_down_to_a_few_programs():
+    """Least added padding first: the two small shapes merge, the large one stays alone."""
+    from lmm_jax.ragged import merged_buckets
+
+    groups = {(8, (3,)): [0, 1], (12, (4,)): [2], (256, (24,)): [3], (12, (3,)): [4]}
+    assert merged_buckets(groups, 4) == groups
+    assert merged_buckets(groups, 2) == {(256, (24,)): [3], (12, (4,)): [0, 1, 2, 4]}
+    assert merged_buckets(groups, 1) == {(256, (24,)): [0, 1, 2, 3, 4]}
+
+
+def test_many_sizes_compile_a_few_programs_and_equal_single_fits(sleepstudy):
+    """30 data sets of 4-18 subjects and 3-10 days fall into 10 ladder shapes (a program
+    each); merged, 4 programs, and the entries still equal the single fits."""
+    from lmm_jax.ragged import MAX_PROGRAMS, bucket_key, dataset_designs, group_by_bucket
+
+    rng = np.random.default_rng(7)
+    datasets = [subset(sleepstudy, int(rng.integers(4, 19)), int(rng.integers(3, 11)), seed=i)
+                for i in range(30)]
+    _, designs = dataset_designs(INTERCEPT_ONLY, datasets)
+    assert len({bucket_key(d) for d in designs}) > MAX_PROGRAMS
+    assert len(group_by_bucket(designs)) == MAX_PROGRAMS
+    out = lmm_jax.fit_batch(INTERCEPT_ONLY, datasets=datasets, progress=False)
+    assert out.converged.all()
+    for i in (0, 11, 29):
+        single = lmm_jax.fit(INTERCEPT_ONLY, datasets[i])
+        assert_close(out.beta[i], single.fixef, 1e-8, f"beta of data set {i}")
+        assert_close(out.theta[i], single.theta, 1e-6, f"theta of data set {i}", atol=1e-8)
+        assert_close(out.loglik[i], single.loglik, 1e-8, f"loglik of data set {i}")
