@@ -120,11 +120,32 @@ def _area_arrays(formula: str, data, sampling_variance: str):
                          f"{int(bad.sum())} area(s) have non-positive or non-finite values "
                          f"(rows {list(frame.index[bad][:5])})")
     matrices = formulaic.model_matrix(formula, frame, na_action="raise")
-    y = np.asarray(matrices.lhs, dtype=float)[:, 0]
+    y = _response(matrices, formula)
     X = np.asarray(matrices.rhs, dtype=float)
     names = tuple("(Intercept)" if c == "Intercept" else str(c) for c in matrices.rhs.columns)
+    bad = [name for name, column in zip(names, X.T) if not np.all(np.isfinite(column))]
+    if bad:
+        raise ValueError(f"covariate column(s) {bad} of {formula!r} have infinite values")
     _check_sizes(X, names)
     return jnp.asarray(y), jnp.asarray(X), names, jnp.asarray(D)
+
+
+def _response(matrices, formula: str) -> np.ndarray:
+    """The direct estimates y: one finite numeric column. formulaic codes a text response as
+    level indicators and keeps every column of `y1 + y2 ~ x`; the first column was taken
+    (a 0/1 indicator fitted silently), and an infinite y gave Â = 0 and β̂ = NaN."""
+    if isinstance(matrices, formulaic.ModelMatrix):  # a right-hand side alone
+        raise ValueError(f"formula {formula!r} has no response: write 'direct_estimate ~ covariates'")
+    lhs = matrices.lhs
+    if lhs.shape[1] != 1:
+        columns = [str(c) for c in lhs.columns]
+        raise ValueError(f"the response of {formula!r} must be one numeric column (the direct "
+                         f"estimates), got {len(columns)} columns {columns[:4]}"
+                         f"{' ... (a text column is coded as one column per value)' if len(columns) > 4 else ''}")
+    y = np.asarray(lhs, dtype=float)[:, 0]
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"the response of {formula!r} has infinite values")
+    return y
 
 
 def _check_columns(frame: pd.DataFrame, needed: list[str], sampling_variance: str) -> None:

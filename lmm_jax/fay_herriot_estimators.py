@@ -135,9 +135,10 @@ def raw_estimate(method: str, y, X, D):
         M = _ols_residual_maker(X)
         resid = M @ y
         return (resid @ resid - jnp.sum(jnp.diag(M) * D)) / (m - p)
-    if method == "DL":
-        P0 = dl_projection(X, D)
-        return (y @ P0 @ y - (m - p)) / jnp.trace(P0)
+    if method == "DL":  # y'P₀y = r'P₀r for the OLS residuals r (P₀X = 0): a response of large
+        # mean cancelled in y'P₀y (bcg's yi + 1e8: Â 15.1 where metafor gives 0.0633)
+        P0, resid = dl_projection(X, D), _ols_residual_maker(X) @ y
+        return (resid @ P0 @ resid - (m - p)) / jnp.trace(P0)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

@@ -221,3 +221,17 @@ def test_anova_start_of_a_singular_model_and_refusals():
     with pytest.raises(ValueError, match="known residual scale"):
         lmm_jax.anova_start(Model.from_formula("Yield ~ 1 + (1 | Batch)", data,
                                                weights=np.ones(len(data)), known_scale=True))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_response_of_large_mean_gives_the_reference_table(method):
+    """The forms y'P_S y came from the raw cross products W'y and y'y: dyestuff's Yield + 1e8
+    gave Batch 1762.13 where R's table gives 1764.05 (and one-way residual variances of
+    2.6e-16); the sums of squares are now of the least-squares residuals."""
+    case = load_case("dyestuff_anova")
+    data = dataset_of(case)
+    shifted = data.assign(**{case["response"]: data[case["response"]] + 1e8})
+    out = lmm_jax.anova_estimates(f"{case['response']} ~ 1 + (1 | {case['group']})", shifted,
+                                  method=method).to_dict()
+    np.testing.assert_allclose(out["variances"][case["group"]], case["sigma2_group"], rtol=ONEWAY_TOL)
+    np.testing.assert_allclose(out["variances"]["Residual"], case["sigma2_residual"], rtol=ONEWAY_TOL)

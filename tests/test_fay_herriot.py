@@ -192,10 +192,24 @@ def bcg():
     (lambda d: d.assign(ablat=d["ablat"].where(d.index != 0, np.nan)), "missing values in 'ablat'"),
     (lambda d: d.drop(columns="vi"), "column 'vi'.*sampling variance.*not in the data"),
     (lambda d: d.iloc[:2], "more areas than coefficients: 2 areas for 2"),
+    # a text response was coded as level indicators and the first one fitted silently
+    (lambda d: d.assign(yi=d["yi"].map(lambda v: f"{v:.6f}")), "must be one numeric column .* text column"),
+    # an infinite response gave A = 0 and beta = NaN; an infinite covariate read as 'collinear'
+    (lambda d: d.assign(yi=d["yi"].where(d.index != 2, np.inf)), "response .* has infinite values"),
+    (lambda d: d.assign(ablat=d["ablat"].where(d.index != 2, np.inf)), r"covariate column\(s\) \['ablat'\]"),
 ])
 def test_bad_input(change, problem):
     with pytest.raises(ValueError, match=problem):
         lmm_jax.fay_herriot("yi ~ ablat", change(bcg()), "vi", "REML")
+
+
+@pytest.mark.parametrize("formula, problem", [
+    ("yi + ablat ~ year", r"must be one numeric column .* got 2 columns \['yi', 'ablat'\]"),  # was yi alone
+    ("~ ablat", "has no response"),  # was an AttributeError
+])
+def test_the_response_is_one_column(formula, problem):
+    with pytest.raises(ValueError, match=problem):
+        lmm_jax.fay_herriot(formula, bcg(), "vi")
 
 
 def test_bad_method_and_collinear_covariates():
@@ -231,3 +245,19 @@ def test_known_scale_result_counts_no_residual_parameter():
     assert result.df_model == 3
     np.testing.assert_allclose(result.aic, -2 * result.loglik + 2 * 3)
     assert "Residual (known)" in result.summary()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_response_of_large_mean_gives_the_same_area_variance(method):
+    """A shift of y moves β̂₀ only. DL's y'P₀y cancelled for y + 1e8 (Â 15.1 where metafor
+    gives 0.0633 at any shift); it is now r'P₀r with the OLS residuals r."""
+    case = load_case(method)
+    data = datasets.load("bcg")
+    shifted = data.assign(yi=data["yi"] + 1e8)
+    fit = lmm_jax.fay_herriot("yi ~ ablat", shifted, "vi", method).to_dict()
+    if method != "ML":  # metafor's ML stops short of the optimum (test_ml_beats_metafor_optimum)
+        np.testing.assert_allclose(fit["area_variance"], case["area_variance"], rtol=RTOL)
+    plain = lmm_jax.fay_herriot("yi ~ ablat", data, "vi", method).to_dict()
+    np.testing.assert_allclose(fit["area_variance"], plain["area_variance"], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(fit["fixed"]["estimate"]) - [1e8, 0.0], plain["fixed"]["estimate"],
+                               rtol=1e-6, atol=1e-6)
