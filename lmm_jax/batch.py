@@ -134,7 +134,7 @@ def _responses(responses, data, design) -> tuple[np.ndarray, tuple]:
     n_rows = len(_as_frame(data))
     if values.shape[0] != n_rows:
         raise DataError(f"responses must have one row per row of data ({n_rows}), got {values.shape[0]}")
-    values = values[design.row_index.to_numpy()]  # positions: the design frame has a RangeIndex
+    values = values[design.row_positions]
     bad = ~np.all(np.isfinite(values), axis=0)
     if bad.any():
         raise DataError(f"responses have missing or non-finite values in column(s) "

@@ -82,7 +82,7 @@ class Design:
     n_dropped: int
     fixed_spec: object = field(repr=False, compare=False)
     dropped_columns: tuple[str, ...] = ()
-    row_index: pd.Index = field(default=None, repr=False, compare=False)
+    row_positions: np.ndarray = field(default=None, repr=False, compare=False)  # kept rows' positions in data
 
     @property
     def nobs(self) -> int:
@@ -110,7 +110,8 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
                            "a model without random effects is an ordinary least-squares fit")
     given = _as_frame(data)
     used = _used_columns(parsed, given)
-    frame, n_dropped = _drop_missing(given, used, weights, _outside_given_levels(parsed, given))
+    frame, kept = _drop_missing(given, used, weights, _outside_given_levels(parsed, given))
+    n_dropped = len(given) - len(kept)
     frame = as_factors(frame, keep=parsed.response)
     prior_weights = _prior_weights(weights, frame)
     fixed_built, terms_built = _model_matrices(parsed, frame, given if n_dropped else None)
@@ -123,7 +124,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
     if not known_scale:
         _check_sizes(terms, y.shape[0], parsed)
     return Design(parsed, y, X, tuple(names), tuple(terms), prior_weights, n_dropped, spec,
-                  tuple(dropped), frame.index)
+                  tuple(dropped), kept)
 
 
 def _as_frame(data) -> pd.DataFrame:
@@ -263,11 +264,12 @@ def _literal_levels(node: ast.Call):
 
 
 def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
-                  outside_levels: dict | None = None) -> tuple[pd.DataFrame, int]:
+                  outside_levels: dict | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Keep the used columns of rows without missing values (a new frame; the caller's is
-    untouched). Missing values are found column by column on the columns' arrays (`pd.isna`
-    knows NaN, None, NA and NaT), not by a frame-wide `isna` on a copy (sleepstudy: 0.46 ->
-    0.3 ms). `outside_levels`: more rows counted as missing, by label
+    untouched), and those rows' positions in `frame` (positions, not labels: an index with
+    repeated labels would select every row of a label). Missing values are found column by
+    column on the columns' arrays (`pd.isna` knows NaN, None, NA and NaT), not by a
+    frame-wide `isna` on a copy (sleepstudy: 0.46 -> 0.3 ms). `outside_levels`: more rows counted as missing, by label
     (`_outside_given_levels`)."""
     sub = _columns(frame, used)
     missing = {col: pd.isna(frame[col].to_numpy()) for col in used}
@@ -295,7 +297,7 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
         raise DataError("data has no rows")
     if len(sub) == 0:
         raise DataError("no rows left after dropping rows with missing values")
-    return sub, n_dropped
+    return sub, np.flatnonzero(~bad_rows)
 
 
 def _columns(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:

@@ -79,11 +79,12 @@ def parse_structure(text: str, allowed: tuple[str, ...], what: str) -> Structure
 
 
 def used_rows(data, design: Design) -> pd.DataFrame:
-    """The rows of `data` the design kept (same order)."""
+    """The rows of `data` the design kept (same order), by position: `.loc` of the labels
+    took every row of a repeated label (a frame of 352 rows for 176, then a broadcasting
+    error deep inside the fit)."""
     from .design import _as_frame
 
-    frame = _as_frame(data)
-    return frame.loc[design.row_index]
+    return _as_frame(data).iloc[design.row_positions]
 
 
 def _column(frame: pd.DataFrame, name: str, spec: StructureSpec) -> pd.Series:

@@ -182,7 +182,9 @@ def natural_parameters(x, shape: ResidualShape):
 
 
 class ResidualFitResult(FitResult):
-    """A fitted gls/lme model with residual structures; nlme's logLik, AIC and BIC."""
+    """A fitted gls/lme model with residual structures; nlme's logLik, AIC and BIC. A gls
+    fit by ML reports nlme's Var(β̂) = σ̂² (X'V₀⁻¹X)⁻¹ N/(N - p) (gls's varBeta scales by
+    (N - REML·p)/(N - p); lme's does not): σ̂²_ML alone gave SEs √(N/(N - p)) too small."""
 
     small_sample_supported = False  # small_sample.py differentiates the plain model's V₀
 
@@ -190,6 +192,9 @@ class ResidualFitResult(FitResult):
         """`natural`: `natural_parameters` at the estimates on the host (the fit's program
         computes them), or None to compute them here."""
         super().__init__(model, params, post_fit)
+        if not self.design.terms and self.method == "ML":  # nlme's gls: (N - REML p)/(N - p)
+            n, p = self.nobs, self.design.n_fixed
+            self._vcov_values = self._vcov_values * n / (n - p)
         if natural is None:
             natural = to_host(natural_parameters(to_device(self._estimated_x()), model.residual_shape))
         self._correlation_natural, self._variance_natural = natural

@@ -340,3 +340,29 @@ def test_user_data_untouched_and_cli(tmp_path, capsys):
     np.testing.assert_allclose(out["variance_function"]["power"], 0.7638756189, rtol=1e-5)
     assert out["correlation_parameters"] is None
     pd.testing.assert_frame_equal(SMALL, before)
+
+
+def test_gls_by_ml_reports_nlmes_standard_errors():
+    """nlme's gls scales Var(β̂) by (N - REML·p)/(N - p), so an ML fit reports
+    σ̂² (X'V₀⁻¹X)⁻¹ N/(N - p); σ̂²_ML alone gave SEs √(176/170) too small. nlme 3.1-162:
+    gls(weight ~ Time * Diet, BodyWeight, method = "ML", correlation = corAR1(form = ~ 1 | Rat))."""
+    data = lmm_jax.datasets.load("bodyweight")
+    result = lmm_jax.fit("weight ~ Time * Diet", data, method="ML", correlation="ar1(~ 1 | Rat)")
+    np.testing.assert_allclose(result.se, [12.2298476938519, 0.0913156854571, 21.1827175745806,
+                                           21.1827175745806, 0.1581634067396, 0.1581634067396], rtol=1e-5)
+    np.testing.assert_allclose(result.loglik, -575.336963182, atol=1e-6)
+
+
+def test_an_index_with_repeated_labels_selects_each_row_once():
+    """The structures' rows were taken by label: with labels repeated, every row of a label
+    (352 rows for 176) and a broadcasting error inside the fit."""
+    data = lmm_jax.datasets.load("bodyweight")
+    repeated = pd.concat([data[data["Diet"] == "D1"].reset_index(drop=True),
+                          data[data["Diet"] != "D1"].reset_index(drop=True)])
+    assert repeated.index.duplicated().any()
+    for kwargs in (dict(), dict(correlation="ar1(~ 1 | Rat)"), dict(weights="ident(~ 1 | Diet)")):
+        formula = "weight ~ Time * Diet" + (" + (1 | Rat)" if "weights" in kwargs else "")
+        plain = lmm_jax.fit(formula, repeated.reset_index(drop=True), **kwargs)
+        result = lmm_jax.fit(formula, repeated, **kwargs)
+        assert result.nobs == 176
+        np.testing.assert_allclose(result.loglik, plain.loglik, rtol=1e-12)
