@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
+import lmm_jax
 from lmm_jax.newton import CONVERGED_GRADIENT, minimize
 
 
@@ -79,3 +81,35 @@ def test_bfgs_from_a_given_start_hessian():
 def test_unknown_hessian_mode_is_refused():
     with pytest.raises(ValueError, match="hessian must be one of"):
         minimize(rosenbrock, jnp.array([0.0, 0.0]), hessian="sr1")
+
+
+def _creeping_responses(sleepstudy):
+    """Responses 12 and 21 of an audit's 24 simulated sleepstudy-shaped responses (crossed
+    extra factors a and b, intercept and slope SDs varying with j; numpy's default_rng(1))."""
+    rng = np.random.default_rng(1)
+    n, subject = len(sleepstudy), pd.factorize(sleepstudy["Subject"])[0]
+    a, b = np.arange(n) % 6, np.arange(n) // 3 % 10
+    days = sleepstudy["Days"].to_numpy()
+    out = {}
+    for j in range(22):
+        u0 = rng.normal(0, 25 * (j % 4) / 3, 18)
+        u1 = rng.normal(0, 6 * ((j + 1) % 3) / 2, 18)
+        ua, ub = rng.normal(0, 5, 6), rng.normal(0, 8 * (j % 2), 10)
+        y = 250 + 10 * days + u0[subject] + u1[subject] * days + ua[a] + ub[b] + rng.normal(0, 25, n)
+        out[j] = sleepstudy.assign(Reaction=y)
+    return out[12], out[21]
+
+
+@pytest.mark.parametrize("which, method, free_loop_objective", [
+    (0, "REML", 1699.43837466), (1, "REML", 1759.11224189), (0, "ML", 1704.72652404), (1, "ML", 1765.54785198)])
+def test_a_fit_creeping_to_a_boundary_tries_each_entry_at_zero(sleepstudy, which, method, free_loop_objective):
+    """The free Newton loop crept along a flat valley towards θ₃ = 0 (θ̂ ≈ (5e-4, 0.07, 0.04))
+    for all 200 iterations: not converged, and the all-near-zero retry (θ₁ and θ₃ at 0)
+    was worse. Each bounded entry at 0 alone, the others free, finds the optimum at θ₃ = 0
+    with θ₁ small and positive: converged, singular, and lower than where the loop stopped
+    (lme4 1.1-31 stops at -879.556136 for the second, REML: above both)."""
+    data = _creeping_responses(sleepstudy)[which]
+    result = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", data, method=method)
+    assert result.converged and result.singular
+    assert result.theta[2] == 0.0 and 0.0 < result.theta[0] < 1e-2
+    assert result.objective < free_loop_objective
