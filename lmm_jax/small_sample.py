@@ -64,11 +64,30 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
 
 
 def fit_terms(result) -> SmallSampleTerms:
-    """`small_sample_terms` at a `FitResult`'s estimates, on the host."""
+    """`small_sample_terms` at a `FitResult`'s estimates, on the host (`checked_varpar`)."""
     model, params = result.model, result.params
-    return to_host(cached_call(small_sample_terms,
-                                 dict(arrays=model.arrays, theta=params.theta, sigma2=params.sigma2),
-                                 dict(shape=model.shape, boundary=bool(result.singular))))
+    terms = to_host(cached_call(small_sample_terms,
+                                dict(arrays=model.arrays, theta=params.theta, sigma2=params.sigma2),
+                                dict(shape=model.shape, boundary=bool(result.singular))))
+    return terms._replace(satterthwaite=checked_varpar(terms.satterthwaite))
+
+
+def checked_varpar(satt: SatterthwaiteTerms) -> SatterthwaiteTerms:
+    """Satterthwaite's terms, with Var(ψ̂) = 2H⁻¹ set to NaN (and a warning) where H is not
+    positive definite: a variance parameter the likelihood does not identify (a random term
+    confounded with the fixed effects: bodyweight's (1 | Diet:Tf) beside Tf * Diet) has no
+    curvature, 2H⁻¹ had an eigenvalue of -1.8e18, and the df came out ~-7e-14 with NaN
+    p-values and only numpy's warning of a square root of a negative number."""
+    varpar = np.asarray(satt.vcov_varpar)
+    if varpar.size and np.all(np.isfinite(varpar)) and np.linalg.eigvalsh(varpar).min() > 0:
+        return satt
+    import warnings
+
+    warnings.warn("the deviance's Hessian in the variance parameters is not positive definite at the "
+                  "estimates (a variance parameter the data do not identify, e.g. a random term "
+                  "confounded with the fixed effects): Satterthwaite's degrees of freedom are undefined "
+                  "(NaN)", UserWarning, stacklevel=3)
+    return satt._replace(vcov_varpar=np.full_like(varpar, np.nan))
 
 
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:

@@ -190,3 +190,23 @@ def test_type3_anova_of_an_interaction_without_its_factor_main_effect(sleepstudy
     table = result.anova()
     np.testing.assert_allclose(table["F value"], [0.0002895833151, 14.34143253, 0.9240434725], rtol=1e-5)
     np.testing.assert_allclose(table["DenDF"], [159.2151172, 159.0003164, 159.0003499], rtol=1e-3)
+
+
+def test_an_indefinite_variance_parameter_covariance_gives_undefined_df():
+    """(1 | Diet:Tf) beside the fixed Tf * Diet (bodyweight, Tf = Time >= 36) has no curvature
+    in its variance: in an audit's run 2H⁻¹ had an eigenvalue of -1.8e18 and the df came out
+    ~-7e-14 with NaN p-values and only numpy's warning. Var(ψ̂) that is not positive definite
+    now gives NaN df and a warning. (Whether the rounding leaves 2H⁻¹ indefinite or huge and
+    positive depends on the data's labels, so the check is on the terms: a huge positive
+    eigenvalue still gives df ~1e-14, noted in issue 6's note.)"""
+    from lmm_jax.satterthwaite import SatterthwaiteTerms, contrast_df
+    from lmm_jax.small_sample import checked_varpar
+
+    vcov, jacobian = np.eye(2), np.ones((2, 2, 2))
+    fine = SatterthwaiteTerms(vcov, jacobian, np.array([[2.0, 0.5], [0.5, 1.0]]))
+    assert checked_varpar(fine) is fine
+    for varpar in (np.array([[-1.8e18, 0.0], [0.0, 116.0]]), np.array([[np.nan, 0.0], [0.0, 1.0]])):
+        with pytest.warns(UserWarning, match="not positive definite .* degrees of freedom are undefined"):
+            checked = checked_varpar(SatterthwaiteTerms(vcov, jacobian, varpar))
+        assert np.isnan(checked.vcov_varpar).all()
+        assert np.isnan(contrast_df(np.array([1.0, 0.0]), checked))
