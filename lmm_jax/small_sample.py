@@ -72,14 +72,20 @@ def fit_terms(result) -> SmallSampleTerms:
     return terms._replace(satterthwaite=checked_varpar(terms.satterthwaite))
 
 
+MIN_DF = 1e-6  # ν = 2/CV(v̂)² of a coefficient's variance v: below this, CV(v̂) > 1414
+
+
 def checked_varpar(satt: SatterthwaiteTerms) -> SatterthwaiteTerms:
     """Satterthwaite's terms, with Var(ψ̂) = 2H⁻¹ set to NaN (and a warning) where H is not
-    positive definite: a variance parameter the likelihood does not identify (a random term
-    confounded with the fixed effects: bodyweight's (1 | Diet:Tf) beside Tf * Diet) has no
-    curvature, 2H⁻¹ had an eigenvalue of -1.8e18, and the df came out ~-7e-14 with NaN
-    p-values and only numpy's warning of a square root of a negative number."""
+    positive definite, or where a coefficient's ν = 2v²/Var(v̂) is below `MIN_DF` (the
+    estimate of its variance v uncertain by over 1,000 times itself): a variance parameter
+    the likelihood does not identify (a random term confounded with the fixed effects:
+    bodyweight's (1 | Diet:Tf) beside Tf * Diet) has no curvature, and 2H⁻¹ came out with
+    an eigenvalue of -1.8e18 (df ~-7e-14, NaN p-values, only numpy's warning) or, with
+    other rounding, +1.6e18 (df ~1e-14, p = 1)."""
     varpar = np.asarray(satt.vcov_varpar)
-    if varpar.size and np.all(np.isfinite(varpar)) and np.linalg.eigvalsh(varpar).min() > 0:
+    if varpar.size and np.all(np.isfinite(varpar)) and np.linalg.eigvalsh(varpar).min() > 0 \
+            and min(contrast_df(row, satt) for row in np.eye(np.asarray(satt.vcov).shape[0])) >= MIN_DF:
         return satt
     import warnings
 

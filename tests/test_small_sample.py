@@ -196,9 +196,8 @@ def test_an_indefinite_variance_parameter_covariance_gives_undefined_df():
     """(1 | Diet:Tf) beside the fixed Tf * Diet (bodyweight, Tf = Time >= 36) has no curvature
     in its variance: in an audit's run 2H⁻¹ had an eigenvalue of -1.8e18 and the df came out
     ~-7e-14 with NaN p-values and only numpy's warning. Var(ψ̂) that is not positive definite
-    now gives NaN df and a warning. (Whether the rounding leaves 2H⁻¹ indefinite or huge and
-    positive depends on the data's labels, so the check is on the terms: a huge positive
-    eigenvalue still gives df ~1e-14, noted in issue 6's note.)"""
+    now gives NaN df and a warning, and so does a huge positive eigenvalue, which other
+    rounding gave (the bundled data: df ~1e-14, p = 1)."""
     from lmm_jax.satterthwaite import SatterthwaiteTerms, contrast_df
     from lmm_jax.small_sample import checked_varpar
 
@@ -210,3 +209,10 @@ def test_an_indefinite_variance_parameter_covariance_gives_undefined_df():
             checked = checked_varpar(SatterthwaiteTerms(vcov, jacobian, varpar))
         assert np.isnan(checked.vcov_varpar).all()
         assert np.isnan(contrast_df(np.array([1.0, 0.0]), checked))
+    import lmm_jax
+
+    data = lmm_jax.datasets.load("bodyweight").assign(Tf=lambda d: np.where(d["Time"] >= 36, "late", "early"))
+    result = lmm_jax.fit("weight ~ Tf * Diet + (1 | Rat) + (1 | Diet:Tf)", data)
+    with pytest.warns(UserWarning, match="degrees of freedom are undefined"):
+        table = result.anova()
+    assert np.isnan(table["DenDF"]).all() and np.isfinite(table["F value"]).all()
