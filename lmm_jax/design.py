@@ -269,8 +269,8 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
     untouched), and those rows' positions in `frame` (positions, not labels: an index with
     repeated labels would select every row of a label). Missing values are found column by
     column on the columns' arrays (`pd.isna` knows NaN, None, NA and NaT), not by a
-    frame-wide `isna` on a copy (sleepstudy: 0.46 -> 0.3 ms). `outside_levels`: more rows counted as missing, by label
-    (`_outside_given_levels`)."""
+    frame-wide `isna` on a copy (sleepstudy: 0.46 -> 0.3 ms). `outside_levels`: more rows
+    counted as missing, by label (`_outside_given_levels`)."""
     sub = _columns(frame, used)
     missing = {col: pd.isna(frame[col].to_numpy()) for col in used}
     missing.update(outside_levels or {})
@@ -374,9 +374,11 @@ def _materialise(formula: formulaic.Formula, frame: pd.DataFrame, given: pd.Data
     and `C` keeps the levels the rows use (`factor_levels.C_of_used_levels`). With `given`
     (the rows before missing values were dropped), stateful transforms take their state from
     it (`_states_before_dropping`)."""
-    context = {**globals(), **FIT_CONTEXT}
+    context = _fit_context()
     matrices = formulaic.model_matrix(formula, frame, na_action="raise", output="numpy", context=context)
-    states = {} if given is None else _states_before_dropping(_leaf_specs(matrices.model_spec), given, len(frame))
+    if given is None:
+        return matrices
+    states = _states_before_dropping(_leaf_specs(matrices.model_spec), given, len(frame))
     if not states:
         return matrices
     specs = matrices.model_spec
@@ -384,6 +386,11 @@ def _materialise(formula: formulaic.Formula, frame: pd.DataFrame, given: pd.Data
         name: state for name, state in states.items() if name in spec.transform_state}}))
     specs = with_states(specs) if isinstance(specs, formulaic.ModelSpec) else specs._map(with_states)
     return formulaic.model_matrix(specs, frame, na_action="raise", output="numpy", context=context)
+
+
+def _fit_context() -> dict:
+    """The names formulas see at fit time: this module's (`np`) and `factor_levels`'s `C`."""
+    return {**globals(), **FIT_CONTEXT}
 
 
 def _leaf_specs(specs) -> list:
@@ -395,17 +402,19 @@ def _states_before_dropping(specs: list, given: pd.DataFrame, n_kept: int) -> di
     evaluated on every row of `given` where its own variables are present: R's model.frame
     evaluates `scale(x)` on the data before na.omit drops rows missing the response or
     another variable (scale's mean then counts rows formulaic's, after the drop, did not:
-    sleepstudy with 16 responses missing gave scale(Days)'s slope 29.19 where lme4 gives
+    sleepstudy with 27 responses missing gave scale(Days)'s slope 29.19 where lme4 gives
     31.57). Transforms whose rows are the `n_kept` kept ones are left out."""
     names = {name for spec in specs for name in spec.transform_state}
     states = {}
     for name in sorted(names):
         variables = sorted(_formula_variables(name, given))
+        if not variables:
+            continue
         rows = given[variables].notna().all(axis=1).to_numpy()
-        if not variables or rows.sum() == n_kept:  # its rows are the kept ones (a superset)
+        if rows.sum() == n_kept:  # its rows (a superset of the kept ones) are the kept ones
             continue
         single = formulaic.model_matrix(f"0 + {name}", given.loc[rows, variables], na_action="raise",
-                                        output="numpy", context={**globals(), **FIT_CONTEXT})
+                                        output="numpy", context=_fit_context())
         states[name] = single.model_spec.transform_state[name]
     return states
 

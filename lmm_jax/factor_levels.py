@@ -1,12 +1,13 @@
 """Factors keep only the levels their rows use, as R's model.frame(drop.unused.levels = TRUE),
 which lmer calls.
 
-Columns are coded as R codes them (`as_factors`). A level declared but not used by the fitting rows (a pandas Categorical's unused category,
-often left by filtering a frame; `C(x, levels=[...])` naming a value absent from the data;
-a level whose rows were all dropped for missing values) would otherwise give formulaic's
-coding an all-zero column: in the fixed part a coefficient dropped as rank-deficient, whose
-level `predict` then silently treated as the reference level (lme4 refuses it), and in a
-random term a covariance parameter of no data (6 θ where lme4 fits 3, AIC off by 6).
+Columns are coded as R codes them (`as_factors`). A level declared but not used by the
+fitting rows (a pandas Categorical's unused category, often left by filtering a frame;
+`C(x, levels=[...])` naming a value absent from the data; a level whose rows were all
+dropped for missing values) would otherwise give formulaic's coding an all-zero column: in
+the fixed part a coefficient dropped as rank-deficient, whose level `predict` then silently
+treated as the reference level (lme4 refuses it), and in a random term a covariance
+parameter of no data (6 θ where lme4 fits 3, AIC off by 6).
 """
 
 from __future__ import annotations

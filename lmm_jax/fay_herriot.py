@@ -139,9 +139,9 @@ def _response(matrices, formula: str) -> np.ndarray:
     lhs = matrices.lhs
     if lhs.shape[1] != 1:
         columns = [str(c) for c in lhs.columns]
+        more = " ... (a text column is coded as one column per value)" if len(columns) > 4 else ""
         raise ValueError(f"the response of {formula!r} must be one numeric column (the direct "
-                         f"estimates), got {len(columns)} columns {columns[:4]}"
-                         f"{' ... (a text column is coded as one column per value)' if len(columns) > 4 else ''}")
+                         f"estimates), got {len(columns)} columns {columns[:4]}{more}")
     y = np.asarray(lhs, dtype=float)[:, 0]
     if not np.all(np.isfinite(y)):
         raise ValueError(f"the response of {formula!r} has infinite values")

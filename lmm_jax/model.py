@@ -194,7 +194,7 @@ def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, max
     not_yet = tied_to(jnp.zeros((), bool), x0[0])  # batched wherever x0 is (`loop_carries`)
     initial = (x0, not_yet) + (() if start_hessian is None else (start_hessian,))
     _, (phases, tried) = jax.lax.scan(phase, initial, jnp.arange(2 + x0.size))
-    best, kept = _boundary_choice(phases, tried)
+    best = _boundary_choice(phases, tried)
     x = canonicalize(best.x)
     singular = jnp.any(bounded & (jnp.abs(x) < SINGULAR_TOLERANCE))
     return x, best, jnp.sum(phases.iterations * tried), singular
@@ -207,11 +207,11 @@ def _boundary_choice(phases: OptimResult, tried):
     has one entry at 0 and another small but positive needs the single ones (sleepstudy-
     shaped data with θ̂ ≈ (8.5e-4, -0.12, 0): the free Newton loop crept towards θ₃ = 0 for
     200 iterations, and both at 0 was 5.6e-8 worse; not converged, where θ₃ = 0 alone is)."""
-    fun = phases.fun
-    qualifies = tried & phases.converged & (fun <= fun[0] + BOUNDARY_SLACK) & (jnp.arange(fun.shape[0]) > 0)
-    single = jnp.where(qualifies & (jnp.arange(fun.shape[0]) > 1), fun, jnp.inf)
+    fun, index = phases.fun, jnp.arange(phases.fun.shape[0])
+    qualifies = tried & phases.converged & (fun <= fun[0] + BOUNDARY_SLACK) & (index > 0)
+    single = jnp.where(qualifies & (index > 1), fun, jnp.inf)
     choice = jnp.where(qualifies[1], 1, jnp.where(jnp.isfinite(jnp.min(single)), jnp.argmin(single), 0))
-    return jax.tree_util.tree_map(lambda a: a[choice], phases), choice
+    return jax.tree_util.tree_map(lambda a: a[choice], phases)
 
 
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))

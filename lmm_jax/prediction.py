@@ -32,7 +32,8 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
                             "pass random_effects=False for population predictions")
         values = np.asarray(_matrix(term.model_spec, frame, f"random term {term.spec.source!r}"), dtype=float)
         position = {label: i for i, label in enumerate(term.levels)}
-        index = np.array([position.get(label, -1) for label in row_labels(frame, term.spec.factors)], dtype=int)
+        labels = row_labels(frame, term.spec.factors)
+        index = np.array([position.get(label, -1) for label in labels], dtype=int)
         effects = np.where((index >= 0)[:, None], modes[np.maximum(index, 0)], 0.0)
         out = out + np.sum(values * effects, axis=1)
     return out
