@@ -128,6 +128,8 @@ def test_kenward_roger_with_a_singular_expected_information(sleepstudy):
     data = sleepstudy.assign(late=np.where(sleepstudy["Days"] >= 5, "late", "early"))
     result = lmm_jax.fit("Reaction ~ late + (1 | Subject) + (0 + late | Subject)", data)
     assert -2 * result.loglik == pytest.approx(1787.32045293, abs=1e-4)
+    with pytest.warns(UserWarning, match="Satterthwaite's degrees of freedom are undefined"):
+        result.small_sample_terms()  # the same over-parameterisation: no Satterthwaite df
     for contrast, f_value in (([1, 0], 1427.670554), ([0, 1], 38.88443331)):
         test = result.test(contrast, ddf="Kenward-Roger")
         assert test["F"] == pytest.approx(f_value, rel=1e-6)
