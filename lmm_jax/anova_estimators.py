@@ -156,16 +156,25 @@ def _column_sets(design: Design, terms: list, method: str):
 
 
 def _contrasts(terms: list, method: str) -> jnp.ndarray:
-    """Rows of L over the forms (P_0, P_1, ..., P_K, I): one per term, then the residual."""
+    """Rows of L over the forms (P_0, P_1, ..., P_K, I): one per term, then the residual.
+
+    Method III and nested chains: successive differences. Method I otherwise (Searle): a
+    term's row is T_k - T_μ less the rows of the terms whose factors are a subset of its own
+    (a:b: T_ab - T_a - T_b + T_μ), the residual T_0 - T_μ less all rows. The crossed form
+    T_k - T_μ for every term gave a:b and Residual rows that were not Searle's (a Residual SS
+    of -1.92) though the same estimates."""
     K = len(terms)
     L = np.zeros((K + 1, K + 2))
     if method == "henderson3" or _is_nested_chain(terms):
         for r in range(K + 1):
             L[r, r + 1], L[r, r] = 1.0, -1.0
-    else:
-        for k in range(K):
-            L[k, k + 1], L[k, 0] = 1.0, -1.0
-        L[K, K + 1], L[K, 1:K + 1], L[K, 0] = 1.0, -1.0, K - 1.0
+        return jnp.asarray(L)
+    factors = [frozenset(t.spec.factors) for t in terms]
+    for k in sorted(range(K), key=lambda k: len(factors[k])):
+        L[k, k + 1], L[k, 0] = 1.0, -1.0
+        L[k] -= sum((L[j] for j in range(K) if factors[j] < factors[k]), np.zeros(K + 2))
+    L[K, K + 1], L[K, 0] = 1.0, -1.0
+    L[K] -= L[:K].sum(axis=0)
     return jnp.asarray(L)
 
 

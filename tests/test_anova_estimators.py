@@ -235,3 +235,20 @@ def test_a_response_of_large_mean_gives_the_reference_table(method):
                                   method=method).to_dict()
     np.testing.assert_allclose(out["variances"][case["group"]], case["sigma2_group"], rtol=ONEWAY_TOL)
     np.testing.assert_allclose(out["variances"]["Residual"], case["sigma2_residual"], rtol=ONEWAY_TOL)
+
+
+def test_henderson1_with_an_interaction_term_gives_searles_table():
+    """Method I for (1 | batch) + (1 | cask) + (1 | batch:cask) on Pastes less rows 3, 10, 11,
+    25 and 40 (unbalanced): Searle's quadratic forms T_a - T_μ, T_b - T_μ,
+    T_ab - T_a - T_b + T_μ, T_0 - T_ab, computed in R with dense projections. The crossed
+    form T_ab - T_μ for the interaction gave the same estimates but other a:b and Residual
+    rows (an audit's data: a Residual SS of -1.92)."""
+    data = datasets.load("pastes").drop(index=[2, 9, 10, 24, 39])
+    out = lmm_jax.anova_estimates("strength ~ 1 + (1 | batch) + (1 | cask) + (1 | batch:cask)", data,
+                                  method="henderson1").to_dict()
+    rows = {row["source"]: row for row in out["table"]}
+    np.testing.assert_allclose([rows[s]["ss"] for s in ("batch", "cask", "batch:cask", "Residual")],
+                               [225.9410303031, 14.4925122432, 326.8598210901, 12.675], rtol=1e-9)
+    assert [rows[s]["df"] for s in ("batch", "cask", "batch:cask", "Residual")] == [9, 2, 18, 25]
+    np.testing.assert_allclose([out["variances"][s] for s in ("batch", "cask", "batch:cask", "Residual")],
+                               [1.105532877441, -0.658995090863, 9.833851969900, 0.507], rtol=1e-9)
