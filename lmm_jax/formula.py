@@ -99,6 +99,8 @@ def python_powers(text: str) -> str:
     Python's is XOR, which gave I(Days^2) = Days XOR 2 for an integer column (another model,
     silently) and an error for a float one. `^` between formula terms, `(a + b)^2`, and inside
     quotes or backticks is left as it is."""
+    if "^" not in text:  # the usual case: parse_formula calls this on every part of every fit
+        return text
     out, python_depth, stack, quote = [], 0, [], None
     for i, char in enumerate(text):
         if quote:
