@@ -105,21 +105,15 @@ def design_estimates(design: Design, method: str = "henderson3",
     contrasts = _contrasts(terms, method)
     W = block_matrix(to_device(design.X), tuple(to_device(t.codes) for t in terms),
                      tuple(t.n_levels for t in terms))
-    forms = projection_forms(W, to_device(_fixed_residuals(design)), column_sets, term_columns)
+    # every sum of squares is a difference of forms whose projections all contain X's span
+    # (method III: X ⊂ S; method I: 1 ⊂ span Z_k), so the residuals give y's; y itself lost
+    # them for a response of large mean (one-way data + 1e8: σ̂²_e 2.6e-16, exactly 3.26)
+    residuals = design.least_squares_residuals(design.y[None, :])[0][0]
+    forms = projection_forms(W, to_device(residuals), column_sets, term_columns)
     sources = [t.name for t in terms] + [RESIDUAL]
     _check_df(np.asarray(contrasts @ forms.trace), sources)
     table = solve_moments(forms, contrasts)
     return _result(method, table, sources, truncate)
-
-
-def _fixed_residuals(design: Design) -> np.ndarray:
-    """y - Xb₀, b₀ the least-squares fit: every sum of squares is a difference of forms
-    whose projections all contain X's span (method III: X ⊂ S; method I: 1 ⊂ span Z_k), so
-    they are those of y, while the forms themselves, from the raw cross products W'y and
-    y'y, cancelled for a response of large mean (one-way data + 1e8: σ̂²_e 2.6e-16 where
-    the exact value is 3.26)."""
-    coef = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
-    return design.y - design.X @ coef
 
 
 def _scalar_terms(design: Design) -> list:

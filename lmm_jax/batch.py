@@ -189,7 +189,7 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     must give the same fixed-effect columns; θ follows the first data set's term order.
 
     `dtype`: "float64" (default) or "float32" (single precision throughout, on each
-    response's residuals from its float64 least-squares fit, `_least_squares_residuals`;
+    response's residuals from its float64 least-squares fit, `Design.least_squares_residuals`;
     results in float32). Against float64 on 1,000 sleepstudy-shaped simulated responses
     (benchmarks/bench_float32.py, 2026-12-06) the largest relative errors were: β̂ 3e-6,
     log-likelihood 2e-5, σ̂ 3e-3, SE(β̂) 3e-2; θ̂ (entries > 0.05) 3e-3 at the 99th
@@ -211,8 +211,8 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     model = Model.from_formula(formula, _design_frame(formula, data), method)
     ys, names = _responses(responses, data, model.design)
     shift = np.zeros((ys.shape[0], model.design.n_fixed))
-    if dtype == "float32":
-        ys, shift = _least_squares_residuals(ys, model.design.X)
+    if dtype == "float32":  # a response of large mean kept its digits only in float64
+        ys, shift = model.design.least_squares_residuals(ys)
     arrays, theta0 = cast_floats(model.arrays, dtype), model.shape.initial_theta()
     consts = dict(arrays=arrays, theta0=np.asarray(theta0, dtype))
     params, se = run_in_chunks(fit_responses, ys, consts, dict(shape=model.shape), batch_size=batch_size,
@@ -223,24 +223,14 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     return _result(names, model.design.fixed_names, model.method, params._replace(beta=beta), se)
 
 
-def _least_squares_residuals(ys: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(y - Xb₀, b₀) per row y of `ys` (B, n), b₀ the least-squares fit, in float64: a float32
-    fit then sees residuals, not a response of large mean, whose cross products X'y, y'y
-    lose the digits the fit needs (sleepstudy + 1e4: SE(β̂) 2.6x off, flagged converged).
-    Exact: β̂(y - Xb₀) = β̂(y) - b₀, and θ̂, σ̂, SEs and the (restricted) likelihood are those
-    of y, which they see only through its residuals from X's span."""
-    coef = np.linalg.lstsq(X, ys.T, rcond=None)[0]  # (p, B)
-    return ys - (X @ coef).T, coef.T
-
-
 def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, dtype, mesh):
     """The `datasets=` path: one `run_in_chunks` per bucket of padded shapes."""
     method = "REML" if _is_reml(method) else "ML"
     names, designs = dataset_designs(formula, datasets)
     shifts = np.zeros((len(designs), designs[0].n_fixed))
-    if dtype == "float32":  # as `_least_squares_residuals`, data set by data set
+    if dtype == "float32":  # as in fit_batch, data set by data set
         for i, design in enumerate(designs):
-            residuals, shift = _least_squares_residuals(design.y[None, :], design.X)
+            residuals, shift = design.least_squares_residuals(design.y[None, :])
             designs[i], shifts[i] = dataclasses.replace(design, y=residuals[0]), shift[0]
     theta0 = padded_shape(designs[0], bucket_key(designs[0]), method).initial_theta()
     results = [None] * len(designs)

@@ -92,6 +92,14 @@ class Design:
     def n_fixed(self) -> int:
         return int(self.X.shape[1])
 
+    def least_squares_residuals(self, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(y - Xb₀, b₀) per row y of `ys` (B, n), b₀ y's least-squares fit on X, in float64.
+        What depends on y only through its residuals from X's span (θ̂, σ̂, SE(β̂), the
+        (restricted) likelihood, β̂ - b₀, moment estimators' sums of squares) is computed
+        from these without the digits a response of large mean cancels in y'y and X'y."""
+        coef = np.linalg.lstsq(self.X, np.asarray(ys, dtype=float).T, rcond=None)[0]  # (p, B)
+        return ys - (self.X @ coef).T, coef.T
+
 
 def build_design(formula: str, data, weights=None, known_scale: bool = False, known=None,
                  allow_fixed_only: bool = False) -> Design:
@@ -374,7 +382,7 @@ def _materialise(formula: formulaic.Formula, frame: pd.DataFrame, given: pd.Data
     and `C` keeps the levels the rows use (`factor_levels.C_of_used_levels`). With `given`
     (the rows before missing values were dropped), stateful transforms take their state from
     it (`_states_before_dropping`)."""
-    context = _fit_context()
+    context = fit_context()
     matrices = formulaic.model_matrix(formula, frame, na_action="raise", output="numpy", context=context)
     if given is None:
         return matrices
@@ -388,7 +396,7 @@ def _materialise(formula: formulaic.Formula, frame: pd.DataFrame, given: pd.Data
     return formulaic.model_matrix(specs, frame, na_action="raise", output="numpy", context=context)
 
 
-def _fit_context() -> dict:
+def fit_context() -> dict:
     """The names formulas see at fit time: this module's (`np`) and `factor_levels`'s `C`."""
     return {**globals(), **FIT_CONTEXT}
 
@@ -414,7 +422,7 @@ def _states_before_dropping(specs: list, given: pd.DataFrame, n_kept: int) -> di
         if rows.sum() == n_kept:  # its rows (a superset of the kept ones) are the kept ones
             continue
         single = formulaic.model_matrix(f"0 + {name}", given.loc[rows, variables], na_action="raise",
-                                        output="numpy", context=_fit_context())
+                                        output="numpy", context=fit_context())
         states[name] = single.model_spec.transform_state[name]
     return states
 

@@ -13,9 +13,9 @@ one compiled program they are padded to shared shapes:
 n̄ and m̄_k are rounded up on the ladder 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of 2
 and 1.5 × powers of 2), so data sets of similar size share a bucket and one program,
 at most 50% padding per dimension; with more than `MAX_PROGRAMS` such shapes, the buckets
-that add the least padding are merged (`group_by_bucket`). Terms are put in the first data set's order
-(lme4 orders terms by decreasing number of levels, which may differ between data sets);
-θ is reported in that order.
+that add the least padding are merged (`group_by_bucket`). Terms are put in the first data
+set's order (lme4 orders terms by decreasing number of levels, which may differ between
+data sets); θ is reported in that order.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ df, and the KR t = β̂_j/√(Φ_A)_jj on KR's df (lmerTest's `summary(m, ddf = 
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import NamedTuple
 
@@ -84,15 +85,14 @@ def checked_varpar(satt: SatterthwaiteTerms) -> SatterthwaiteTerms:
     an eigenvalue of -1.8e18 (df ~-7e-14, NaN p-values, only numpy's warning) or, with
     other rounding, +1.6e18 (df ~1e-14, p = 1)."""
     varpar = np.asarray(satt.vcov_varpar)
+    coefficients = np.eye(np.asarray(satt.vcov).shape[0])
     if varpar.size and np.all(np.isfinite(varpar)) and np.linalg.eigvalsh(varpar).min() > 0 \
-            and min(contrast_df(row, satt) for row in np.eye(np.asarray(satt.vcov).shape[0])) >= MIN_DF:
+            and min(contrast_df(row, satt) for row in coefficients) >= MIN_DF:
         return satt
-    import warnings
-
-    warnings.warn("the deviance's Hessian in the variance parameters is not positive definite at the "
-                  "estimates (a variance parameter the data do not identify, e.g. a random term "
-                  "confounded with the fixed effects): Satterthwaite's degrees of freedom are undefined "
-                  "(NaN)", UserWarning, stacklevel=3)
+    warnings.warn("the deviance's Hessian in the variance parameters is not positive definite (or "
+                  "nearly singular) at the estimates (a variance parameter the data do not identify, "
+                  "e.g. a random term confounded with the fixed effects): Satterthwaite's degrees of "
+                  "freedom are undefined (NaN)", UserWarning, stacklevel=3)
     return satt._replace(vcov_varpar=np.full_like(varpar, np.nan))
 
 

@@ -25,7 +25,8 @@ import formulaic
 import numpy as np
 import pandas as pd
 
-from .factor_levels import FIT_CONTEXT, PREDICT_CONTEXT
+from .design import fit_context
+from .factor_levels import PREDICT_CONTEXT
 
 TOLERANCE = 1e-8
 
@@ -99,8 +100,8 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
         X = np.asarray(spec.get_model_matrix(frame, context=PREDICT_CONTEXT), dtype=float)
         if X.shape[1] <= 1 or len(terms) <= 1:
             return type1_contrasts(design.X, columns)
-        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame, context={**globals(), **FIT_CONTEXT}),
-                           dtype=float) for t in terms]
+        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame, context=fit_context()), dtype=float)
+                for t in terms]
     except NotImplementedError:
         raise
     except Exception as error:
