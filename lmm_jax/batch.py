@@ -48,6 +48,7 @@ from .formula import parse_formula
 from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
 from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, stacked_arrays
 from .sharding import batch_mesh, sharded_map
+from .structure_report import theta_names
 
 CHUNK_SIZE = 2048  # responses per host-side chunk: bounds the memory of one compiled call
 BATCH_SIZE = 16  # fits vectorised together (see the module docstring)
@@ -72,19 +73,22 @@ class BatchResult:
     singular: np.ndarray    # (B,) bool
     status: np.ndarray      # (B,) newton status codes (newton.STATUS_MESSAGES)
     iterations: np.ndarray  # (B,)
+    theta_names: tuple[str, ...] = ()  # lme4's names of θ's entries (`structure_report.theta_names`)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per response: beta[name], se[name], theta[i], sigma, loglik, converged, singular."""
+        """One row per response: beta[name], se[name], theta[name] (lme4's θ names, e.g.
+        theta[Subject.Days.(Intercept)]), sigma, loglik, converged, singular."""
         columns = {}
         for j, name in enumerate(self.fixed_names):
             columns[f"beta[{name}]"] = self.beta[:, j]
         for j, name in enumerate(self.fixed_names):
             columns[f"se[{name}]"] = self.se[:, j]
-        for i in range(self.theta.shape[1]):
-            columns[f"theta[{i}]"] = self.theta[:, i]
+        names = self.theta_names or tuple(map(str, range(self.theta.shape[1])))
+        for i, name in enumerate(names):
+            columns[f"theta[{name}]"] = self.theta[:, i]
         columns.update(sigma=self.sigma, loglik=self.loglik, converged=self.converged,
                        singular=self.singular)
         return pd.DataFrame(columns, index=pd.Index(self.names, name="response"))
@@ -220,7 +224,7 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
                                compiler_options=BATCH_COMPILER_OPTIONS,
                                concurrent=factors_unrolled(model.shape, model.design.n_fixed))
     beta = (params.beta + shift).astype(params.beta.dtype)
-    return _result(names, model.design.fixed_names, model.method, params._replace(beta=beta), se)
+    return _result(names, model.design, model.method, params._replace(beta=beta), se)
 
 
 def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, dtype, mesh):
@@ -245,10 +249,10 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
             results[i] = jax.tree_util.tree_map(lambda a, j=j: a[j], out)
     params, se = jax.tree_util.tree_map(lambda *parts: np.stack(parts), *results)
     beta = (params.beta + shifts).astype(params.beta.dtype)
-    return _result(names, designs[0].fixed_names, method, params._replace(beta=beta), se)
+    return _result(names, designs[0], method, params._replace(beta=beta), se)
 
 
-def _result(names, fixed_names, method, params, se) -> BatchResult:
-    return BatchResult(names, tuple(fixed_names), method, params.beta, se, params.theta,
+def _result(names, design, method, params, se) -> BatchResult:
+    return BatchResult(names, tuple(design.fixed_names), method, params.beta, se, params.theta,
                        np.sqrt(params.sigma2), params.loglik, params.status <= 1, params.singular,
-                       params.status, params.iterations)
+                       params.status, params.iterations, tuple(theta_names(design.terms)))

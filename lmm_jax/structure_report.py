@@ -18,6 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def theta_names(terms) -> list[str]:
+    """A name per entry of θ, "group.parameter" (lme4's `names(getME(m, "theta"))` for its
+    unstructured terms: "Subject.(Intercept)", "Subject.Days.(Intercept)", "Subject.Days");
+    where two terms on one factor would repeat a name, the term's VarCorr name ("Subject.1")
+    takes the group's place."""
+    def names(label):
+        return [f"{label(term)}.{name}" for term in terms
+                for name in term.structure.parameter_names(term.column_names)]
+    by_group = names(lambda term: term.group)
+    return by_group if len(set(by_group)) == len(by_group) else names(lambda term: term.name)
+
+
 def structure_parameters(result) -> list[dict]:
     """Per term: group, structure keyword, theta names and values, derived parameters."""
     out = []
@@ -58,9 +70,7 @@ def structure_parameter_se(result, function=None) -> dict:
     """
     cov = theta_covariance(result)
     if function is None:
-        names = [f"{entry['group']}.{name}" for entry in structure_parameters(result)
-                 for name in entry["theta_names"]]
-        return dict(zip(names, np.sqrt(np.diag(cov))))
+        return dict(zip(theta_names(result.design.terms), np.sqrt(np.diag(cov))))
     theta = jnp.asarray(result.theta)
     jacobian = np.atleast_2d(np.asarray(jax.jacobian(lambda t: jnp.atleast_1d(function(t)))(theta)))
     derived_cov = jacobian @ cov @ jacobian.T

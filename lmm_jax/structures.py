@@ -104,8 +104,13 @@ class CholeskyFactor(CovarianceStructure):
         return self.dim * (self.dim + 1) // 2
 
     def parameter_names(self, columns=None) -> tuple[str, ...]:
+        """lme4's names of θ's entries (`getME(m, "theta")` without the group): a diagonal
+        entry is named after its column, entry (i, j) below it "column_i.column_j";
+        without `columns`, "lambda[i,j]"."""
         rows, cols = self._indices()
-        return tuple(f"lambda[{i + 1},{j + 1}]" for i, j in zip(rows, cols))
+        if columns is None:
+            return tuple(f"lambda[{i + 1},{j + 1}]" for i, j in zip(rows, cols))
+        return tuple(columns[i] if i == j else f"{columns[i]}.{columns[j]}" for i, j in zip(rows, cols))
 
     def _indices(self) -> tuple[np.ndarray, np.ndarray]:
         rows, cols = [], []

@@ -59,7 +59,8 @@ def test_small_batch_equals_fit_per_column(sleepstudy):
                                   responses=pd.DataFrame(Y, columns=columns), progress=False).to_frame()
     assert list(frame.index) == columns
     assert list(frame.columns) == ["beta[(Intercept)]", "beta[Days]", "se[(Intercept)]", "se[Days]",
-                                   "theta[0]", "theta[1]", "theta[2]", "sigma", "loglik",
+                                   "theta[Subject.(Intercept)]", "theta[Subject.Days.(Intercept)]",
+                                   "theta[Subject.Days]", "sigma", "loglik",
                                    "converged", "singular"]
     for name, y in zip(columns, Y.T):
         with warnings.catch_warnings():
@@ -68,7 +69,8 @@ def test_small_batch_equals_fit_per_column(sleepstudy):
         row = frame.loc[name]
         assert_close(row[["beta[(Intercept)]", "beta[Days]"]], single.fixef, 1e-8, "beta")
         assert_close(row[["se[(Intercept)]", "se[Days]"]], single.se, 1e-8, "se")
-        assert_close(row[["theta[0]", "theta[1]", "theta[2]"]], single.theta, 1e-8, "theta", atol=1e-10)
+        assert_close(row[["theta[Subject.(Intercept)]", "theta[Subject.Days.(Intercept)]", "theta[Subject.Days]"]],
+                     single.theta, 1e-8, "theta", atol=1e-10)
         assert_close(row["sigma"], single.sigma, 1e-8, "sigma")
         assert_close(row["loglik"], single.loglik, 1e-8, "loglik")
         assert row["converged"] and row["singular"] == single.singular
@@ -159,3 +161,17 @@ def test_two_term_batch_of_10000_runs_its_chunks_one_at_a_time(sleepstudy):
         assert_close(out.beta[i], single.beta, 1e-8, f"beta of response {i}")
         assert_close(out.theta[i], single.theta, 1e-8, f"theta of response {i}", atol=1e-10)
         assert_close(out.loglik[i], single.loglik, 1e-8, f"loglik of response {i}")
+
+
+def test_theta_columns_carry_lme4s_theta_names(sleepstudy):
+    """to_frame() named θ's columns theta[0], theta[1], ...; now as lme4's
+    names(getME(m, "theta")) (lme4 1.1-31): "Subject.(Intercept)", "Subject.Days" for
+    (Days || Subject), and a term's VarCorr name where a group repeats a parameter name."""
+    Y = simulate_sleepstudy(sleepstudy, 2, seed=9)
+    frame = lmm_jax.fit_batch("Reaction ~ Days + (Days || Subject)", sleepstudy, responses=Y,
+                              progress=False).to_frame()
+    assert [c for c in frame.columns if c.startswith("theta")] == ["theta[Subject.(Intercept)]",
+                                                                   "theta[Subject.Days]"]
+    twice = lmm_jax.fit_batch("Reaction ~ Days + (1 | Subject) + (1 | Subject)", sleepstudy, responses=Y,
+                              progress=False)
+    assert twice.theta_names == ("Subject.(Intercept)", "Subject.1.(Intercept)")
