@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
-from .design import DataError, categorical_call_column, row_labels
+from .design import DataError
+from .formula_columns import categorical_call_column
+from .grouping_factors import row_labels
 from .factor_levels import PREDICT_CONTEXT, as_factors
 
 
@@ -56,7 +58,7 @@ def _matrix(model_spec, frame: pd.DataFrame, where: str):
 def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:
     """Raise naming the column when a categorical factor of the spec's own terms (a column, or
     `C(column, ...)`) has values in newdata outside the levels it was fitted with (the spec's
-    encoder state holds every part's factors: `design._model_matrices`)."""
+    encoder state holds every part's factors: `model_matrices.formula_matrices`)."""
     own_factors = {str(factor) for term in model_spec.terms for factor in term.factors}
     for factor, (kind, state) in model_spec.encoder_state.items():
         column = _factor_column(factor, frame) if factor in own_factors else None

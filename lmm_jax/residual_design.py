@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .design import DataError, Design, _factor_codes
+from .design import DataError, Design
+from .grouping_factors import factor_codes
 from .formula import FormulaError
 from . import residual_structures as rs
 
@@ -111,7 +112,7 @@ def group_codes(frame: pd.DataFrame, spec: StructureSpec) -> np.ndarray:
     """Per row the code of its correlation group (all 0 without a grouping factor)."""
     combined = np.zeros(len(frame), dtype=np.int64)
     for name in spec.groups:
-        labels, codes = _factor_codes(_column(frame, name, spec))
+        labels, codes = factor_codes(_column(frame, name, spec))
         combined = combined * len(labels) + codes
     return np.unique(combined, return_inverse=True)[1].reshape(-1)
 
@@ -211,7 +212,7 @@ def build_variance(frame: pd.DataFrame, spec: StructureSpec | None):
     if spec.kind == "ident":
         if spec.covariates or len(spec.groups) != 1:
             raise FormulaError(f"{spec.text!r}: write varIdent as ident(~ 1 | factor)")
-        labels, codes = _factor_codes(_column(frame, spec.groups[0], spec))
+        labels, codes = factor_codes(_column(frame, spec.groups[0], spec))
         if len(labels) < 2:
             raise DataError(f"{spec.text!r}: factor {spec.groups[0]!r} has only one level")
         return rs.IdentVariance(tuple(labels)), np.asarray(codes, dtype=np.int32), covariate

@@ -25,7 +25,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 
-from .design import fit_context
+from .model_matrices import fit_context
 from .factor_levels import PREDICT_CONTEXT
 
 TOLERANCE = 1e-8

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import lmm_jax
-from lmm_jax import FormulaError, design
+from lmm_jax import FormulaError, design, formula_columns, model_matrices
 
 
 def _part_by_part(parsed, frame, given=None):
@@ -31,7 +31,7 @@ def _part_by_part(parsed, frame, given=None):
 def test_one_structured_call_equals_the_part_by_part_calls(sleepstudy, formula, monkeypatch):
     data = sleepstudy.assign(week=np.where(sleepstudy["Days"] < 5, "first", "second"))
     together = design.build_design(formula, data)
-    monkeypatch.setattr(design, "_model_matrices", _part_by_part)
+    monkeypatch.setattr(design, "formula_matrices", _part_by_part)
     apart = design.build_design(formula, data)
     assert together.fixed_names == apart.fixed_names
     np.testing.assert_array_equal(together.X, apart.X)
@@ -59,8 +59,8 @@ def test_an_expression_seen_before_is_materialised_once(sleepstudy, monkeypatch)
     is asked for the fixed part and one random part only, and the terms still get their
     matrices (equal to the part-by-part build: the test above)."""
     asked = []
-    materialise = design._materialise
-    monkeypatch.setattr(design, "_materialise",
+    materialise = model_matrices.materialise
+    monkeypatch.setattr(model_matrices, "materialise",
                         lambda formula, frame, given=None: asked.append(formula) or materialise(formula, frame, given))
     data = sleepstudy.assign(week=np.where(sleepstudy["Days"] < 5, "first", "second"))
     built = design.build_design("Reaction ~ Days + (Days | Subject) + (1 | week) + (1 | Subject)", data)
@@ -127,9 +127,9 @@ def test_missing_values_inside_a_stateful_transform_drop_their_rows(sleepstudy):
 def test_python_factor_names_leave_out_the_functions_called():
     """Functions and the modules they are called from are no columns; a name read as a value
     (`u` in `I(u * 2)`, even `np` in `I(np + 1)`) is one."""
-    assert design._python_factor_names("y ~ center(x) + np.log(w) + C(g):scale(z, ddof=0)") == \
+    assert formula_columns._python_factor_names("y ~ center(x) + np.log(w) + C(g):scale(z, ddof=0)") == \
         {"x", "w", "g", "z"}
-    assert design._python_factor_names("y ~ np.exp(u) + I(np + 1)") == {"u", "np"}
+    assert formula_columns._python_factor_names("y ~ np.exp(u) + I(np + 1)") == {"u", "np"}
 
 
 # lme4 1.1.31: lmer(Reaction ~ factor(Days, levels = c(1, 2)) + (1 | Subject), sleepstudy)
@@ -182,9 +182,9 @@ def test_a_response_read_from_its_column_is_formulaics_left_hand_side(sleepstudy
     values = sleepstudy["Reaction"] < 280 if dtype == "bool" else (sleepstudy["Reaction"] * 10).round()
     data = sleepstudy.assign(Reaction=values.astype(dtype))
     parsed = design.parse_formula("Reaction ~ Days + (1 | Subject)")
-    assert design._response_column(parsed, data) == (None if dtype == "bool" else "Reaction")
+    assert model_matrices.response_column(parsed, data) == (None if dtype == "bool" else "Reaction")
     built = design.build_design(parsed.text, data)
-    expected = np.asarray(design._materialise(design._formulaic(parsed.fixed), data).lhs, dtype=float)[:, 0]
+    expected = np.asarray(model_matrices.materialise(formula_columns.formulaic_formula(parsed.fixed), data).lhs, dtype=float)[:, 0]
     np.testing.assert_array_equal(built.y, expected)
     assert built.y.dtype == np.float64 and not np.shares_memory(built.y, data["Reaction"].to_numpy())
 
@@ -233,10 +233,10 @@ def test_grouping_codes_label_each_level_by_its_text(values, dtype):
     holds the column (float categories included), text columns, which skip the per-value
     str(), sort as text, and numbers sort as numbers (as R's factor() orders them) also when
     held as objects."""
-    from lmm_jax.design import _factor_codes, row_labels
+    from lmm_jax.grouping_factors import factor_codes, row_labels
 
     column = pd.Series(values, dtype=dtype)
-    labels, codes = _factor_codes(column)
+    labels, codes = factor_codes(column)
     assert all(isinstance(label, str) for label in labels) and len(set(labels)) == len(labels)
     assert [labels[c] for c in codes] == list(row_labels(pd.DataFrame({"g": column}), ("g",)))
     if all(isinstance(v, str) for v in values) and dtype != "category":
