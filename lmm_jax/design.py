@@ -123,6 +123,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
     terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}), terms_built)
     y, X, names, spec = _fixed_part(parsed, frame, fixed_built)
     X, names, dropped = _drop_rank_deficient(X, names)
+    _check_scales(X, names)
     if X.shape[1] == 0:  # the evaluators' small [X y] factor needs a column of X (lme4 allows none)
         raise FormulaError(f"formula {formula!r} has no fixed effects (its fixed part is {parsed.fixed!r}); "
                            "lmm_jax needs at least one fixed-effect column: keep the intercept or add a covariate")
@@ -323,6 +324,26 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]):
                       f"column{'s' if n > 1 else ''} / coefficient{'s' if n > 1 else ''}: "
                       f"{', '.join(dropped)}", stacklevel=4)
     return X[:, kept], [names[j] for j in kept], dropped
+
+
+SCALE_TOLERANCE = 1e3  # lme4's check.scaleX tolerance
+
+
+def _check_scales(X: np.ndarray, names) -> None:
+    """lme4's `checkScaleX`: warn when a column of X that is not all 0/1 has a standard
+    deviation above 1e3 or below 1e-3, or two such columns' SDs differ by more than 1e3.
+    The fit then loses digits (a random slope on Days x 1e6: the correlation 4e-4 off), and
+    rescaling the column fixes that."""
+    continuous = ~np.all((X == 0) | (X == 1), axis=0)
+    sd = np.std(X[:, continuous], axis=0, ddof=1)
+    if sd.size == 0 or X.shape[0] < 2:
+        return
+    log_sd = np.log(sd)
+    spread = np.abs(log_sd[:, None] - log_sd[None, :])
+    if np.any(np.abs(log_sd) > np.log(SCALE_TOLERANCE)) or np.any(spread > np.log(SCALE_TOLERANCE)):
+        listed = ", ".join(f"{name} ({value:.3g})" for name, value in zip(np.asarray(names)[continuous], sd))
+        warnings.warn("Some predictor variables are on very different scales: consider rescaling "
+                      f"(standard deviations: {listed})", stacklevel=4)
 
 
 def _adds_rank_everywhere(X: np.ndarray) -> bool:

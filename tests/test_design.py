@@ -331,3 +331,17 @@ def test_stateful_transforms_see_the_rows_before_missing_values_are_dropped(slee
     assert result.objective == pytest.approx(criterion, abs=1e-5)
     kept = data.dropna()
     np.testing.assert_allclose(result.predict(kept), result.fitted, rtol=1e-10)
+
+
+def test_predictors_on_very_different_scales_get_lme4s_warning(sleepstudy):
+    """lme4 1.1-31 (checkScaleX) warns "Some predictor variables are on very different
+    scales: consider rescaling" for Days x 1e4 (SD 2.9e4 > 1e3) and Days / 1e4 (SD 2.9e-4 <
+    1e-3); 0/1 columns (the intercept, a logical) are left out of the check, and sleepstudy's
+    own Days (SD 2.9) gives no warning."""
+    for expr in ("I(Days * 1e4)", "I(Days / 1e4)"):
+        with pytest.warns(UserWarning, match="very different scales: consider rescaling"):
+            design.build_design(f"Reaction ~ {expr} + (1 | Subject)", sleepstudy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        design.build_design("Reaction ~ Days + (Days | Subject)", sleepstudy.assign(late=sleepstudy["Days"] > 4))
+        design.build_design("Reaction ~ Days + late + (Days | Subject)", sleepstudy.assign(late=sleepstudy["Days"] > 4))
