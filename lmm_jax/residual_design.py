@@ -212,7 +212,7 @@ def build_variance(frame: pd.DataFrame, spec: StructureSpec | None):
     if spec.kind == "ident":
         if spec.covariates or len(spec.groups) != 1:
             raise FormulaError(f"{spec.text!r}: write varIdent as ident(~ 1 | factor)")
-        labels, codes = factor_codes(_column(frame, spec.groups[0], spec))
+        labels, codes = _in_order_of_appearance(*factor_codes(_column(frame, spec.groups[0], spec)))
         if len(labels) < 2:
             raise DataError(f"{spec.text!r}: factor {spec.groups[0]!r} has only one level")
         return rs.IdentVariance(tuple(labels)), np.asarray(codes, dtype=np.int32), covariate
@@ -222,6 +222,17 @@ def build_variance(frame: pd.DataFrame, spec: StructureSpec | None):
     if np.any(covariate == 0):
         raise DataError(f"{spec.text!r}: covariate {spec.covariates[0]!r} has zeros (|x|^δ)")
     return rs.PowerVariance(), codes, covariate
+
+
+def _in_order_of_appearance(labels: list[str], codes: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Levels ordered by their first row, as nlme's varIdent orders its strata
+    (`unique(strata)`), so its first stratum, the reference of the SD ratios, is the level of
+    the data's first row: Orthodont's Sex gives Male first (nlme 3.1-162: sigma 2.488,
+    Female/Male 1.049), where the sorted levels gave Female (sigma 2.609, Male 0.954)."""
+    appearance = pd.unique(codes)
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[appearance] = np.arange(len(appearance))
+    return [labels[i] for i in appearance], rank[codes]
 
 
 def check_nested(design: Design, index: np.ndarray, mask: np.ndarray, spec) -> None:

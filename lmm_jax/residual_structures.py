@@ -235,7 +235,8 @@ class ConstantVariance(VarianceFunction):
 
 @dataclass(frozen=True)
 class IdentVariance(VarianceFunction):
-    """One SD per level; params are log SD ratios to the first level (`levels` sorted)."""
+    """One SD per level; params are log SD ratios to the first level (`levels` in the order
+    of their first row, nlme's varIdent: `residual_design.build_variance`)."""
 
     levels: tuple[str, ...]
 

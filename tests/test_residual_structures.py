@@ -366,3 +366,24 @@ def test_an_index_with_repeated_labels_selects_each_row_once():
         result = lmm_jax.fit(formula, repeated, **kwargs)
         assert result.nobs == 176
         np.testing.assert_allclose(result.loglik, plain.loglik, rtol=1e-12)
+
+
+# nlme 3.1-162: gls(distance ~ age, Orthodont, weights = varIdent(form = ~ 1 | Sex));
+# coef(f$modelStruct$varStruct, unconstrained = FALSE); f$sigma; logLik(f); the same on
+# Orthodont[order(Orthodont$Sex == "Male"), ] (Female rows first)
+ORTHODONT_VARIDENT = {"Male": (2.48782371661, "Female", 1.04852723979),
+                      "Female": (2.60855093484, "Male", 0.953718665515)}
+
+
+def test_varident_reference_level_is_the_first_in_data_order_as_nlme():
+    """nlme's varIdent takes its strata in order of appearance, the first as the reference:
+    the sorted levels made Female the reference on Orthodont (Male rows first), so sigma and
+    the ratio differed from nlme's (2.609 and 0.954 against 2.488 and 1.049)."""
+    data = lmm_jax.datasets.load("orthodont")
+    for first, (sigma, other, ratio) in ORTHODONT_VARIDENT.items():
+        frame = data.sort_values("Sex", key=lambda s: s != first, kind="stable")
+        result = lmm_jax.fit("distance ~ age", frame, weights="ident(~ 1 | Sex)")
+        assert list(result.variance_function) == [first, other]
+        np.testing.assert_allclose(result.sigma, sigma, rtol=1e-6)
+        np.testing.assert_allclose(result.variance_function[other], ratio, rtol=1e-6)
+        np.testing.assert_allclose(result.loglik, -254.551091018, rtol=1e-9)
