@@ -12,6 +12,7 @@ on the device has static shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -233,6 +234,18 @@ def _in_order_of_appearance(labels: list[str], codes: np.ndarray) -> tuple[list[
     rank = np.empty(len(labels), dtype=np.int64)
     rank[appearance] = np.arange(len(appearance))
     return [labels[i] for i in appearance], rank[codes]
+
+
+def inherit_grouping(spec: StructureSpec, design: Design) -> StructureSpec:
+    """A correlation without a grouping factor (`ar1(~ 1)`) in a model with random terms
+    takes the grouping of the innermost one (the term with the most levels), as nlme's lme
+    does: lme(weight ~ Time * Diet, random = ~ 1 | Rat, correlation = corAR1(form = ~ 1))
+    equals corAR1(form = ~ 1 | Rat) (nlme 3.1-162: logLik -568.1238772 both). Without
+    random terms (gls) the whole data set stays one group."""
+    if spec.groups or not design.terms:
+        return spec
+    innermost = max(design.terms, key=lambda term: term.n_levels)
+    return dataclasses.replace(spec, groups=tuple(innermost.spec.factors))
 
 
 def check_nested(design: Design, index: np.ndarray, mask: np.ndarray, spec) -> None:

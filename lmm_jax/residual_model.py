@@ -32,7 +32,7 @@ from .exported_programs import cached_call
 from .likelihood import profiled_deviance, profiled_sigma2
 from .model import FitParams, Model, fits_as_host_arguments, minimize_with_boundary
 from .residual_design import (CORRELATIONS, VARIANCES, ResidualArrays, build_correlation, build_variance,
-                              check_nested, parse_structure, used_rows)
+                              check_nested, inherit_grouping, parse_structure, used_rows)
 from .residual_evaluator import (ResidualShape, dense_residual_profile, residual_post_fit,
                                  residual_profile)
 from .results import FitResult
@@ -79,7 +79,8 @@ class ResidualModel(Model):
                  correlation: str | None = None, variance: str | None = None):
         super().__init__(design, method, data_name)
         frame = used_rows(data, design)
-        cor_spec = None if correlation is None else parse_structure(correlation, CORRELATIONS, "correlation")
+        cor_spec = None if correlation is None else \
+            inherit_grouping(parse_structure(correlation, CORRELATIONS, "correlation"), design)
         var_spec = None if variance is None else parse_structure(variance, VARIANCES, "weights")
         structure, index, mask, coords = build_correlation(frame, cor_spec)
         if cor_spec is not None:

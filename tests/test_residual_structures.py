@@ -387,3 +387,20 @@ def test_varident_reference_level_is_the_first_in_data_order_as_nlme():
         np.testing.assert_allclose(result.sigma, sigma, rtol=1e-6)
         np.testing.assert_allclose(result.variance_function[other], ratio, rtol=1e-6)
         np.testing.assert_allclose(result.loglik, -254.551091018, rtol=1e-9)
+
+
+# nlme 3.1-162, REML: lme(weight ~ Time * Diet, random = ~ 1 | Rat, BodyWeight,
+# correlation = corAR1(form = ~ 1)) (the same with form = ~ 1 | Rat), control maxIter = 200;
+# lme(distance ~ age, random = ~ 1 | Subject, Orthodont, correlation = corCompSymm(form = ~ 1))
+# and corAR1(form = ~ 1): logLik
+def test_a_correlation_without_groups_inherits_the_random_terms_grouping_as_lme():
+    """`ar1(~ 1)` beside (1 | Rat) was refused (its one group not nested in Rat); nlme's lme
+    gives it the innermost random grouping factor."""
+    bodyweight = lmm_jax.datasets.load("bodyweight")
+    result = lmm_jax.fit("weight ~ Time * Diet + (1 | Rat)", bodyweight, correlation="ar1(~ 1)")
+    np.testing.assert_allclose(result.loglik, -568.123877196, rtol=1e-9)
+    np.testing.assert_allclose(result.correlation_parameters, [0.989574598339], rtol=1e-7)
+    orthodont = lmm_jax.datasets.load("orthodont")
+    for correlation, loglik in (("cs(~ 1)", -223.501257798), ("ar1(~ 1)", -223.462752855)):
+        result = lmm_jax.fit("distance ~ age + (1 | Subject)", orthodont, correlation=correlation)
+        np.testing.assert_allclose(result.loglik, loglik, rtol=1e-9)
