@@ -8,7 +8,8 @@ variables and more, and the same numeric variables, counting only a term's varia
 R's factors table: `_contrast_coded_variables`). A term's contrast is its columns of L₀
 read at X's own columns (rows with all |entries| ≤ 1e-8 dropped). With a single term lmerTest
 uses type I instead: the term's rows of U, X'X = U'DU (Doolittle, U unit upper triangular,
-from the fit's own X).
+from the fit's own X). X coded otherwise (`C(x, contr.sum)`, `contr.poly`): the contrasts L_t
+of the treatment-coded X_t, mapped to X's coefficients, L = L_t X_t⁺X, as lmerTest does.
 
 X⁺R is computed on a synthetic frame holding every combination of factor levels, with
 random numeric values: where R lies in the span of X (every formula whose terms are all
@@ -18,6 +19,7 @@ data-based result; otherwise lmerTest's contrasts depend on the data and this mo
 
 from __future__ import annotations
 
+import ast
 import itertools
 import re
 
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .model_matrices import fit_context
-from .factor_levels import PREDICT_CONTEXT
+from .factor_levels import FACTOR_CALLS, PREDICT_CONTEXT
 
 TOLERANCE = 1e-8
 
@@ -88,7 +90,11 @@ def type1_contrasts(X: np.ndarray, columns: dict) -> dict:
 
 
 def type3_contrasts(design) -> dict[str, np.ndarray]:
-    """{term: L (rows, p)} of lmerTest's type III tests, for the design's fixed part."""
+    """{term: L (rows, p)} of lmerTest's type III tests, for the design's fixed part.
+
+    Factors coded otherwise than by treatment contrasts (`C(x, contr.sum)`, `contr.poly`)
+    are handled as lmerTest's `get_contrasts_type3` handles them: the contrasts of the
+    treatment-coded X_t, mapped to X's coefficients by L = L_t X_t⁺X (Xβ = X_tβ_t)."""
     spec = design.fixed_spec
     if design.dropped_columns:
         raise NotImplementedError("type III contrasts of a rank-deficient fixed part are not "
@@ -100,27 +106,58 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
         X = np.asarray(spec.get_model_matrix(frame, context=PREDICT_CONTEXT), dtype=float)
         if X.shape[1] <= 1 or len(terms) <= 1:
             return type1_contrasts(design.X, columns)
-        full = [np.asarray(formulaic.model_matrix(f"0 + {t}", frame, context=fit_context()), dtype=float)
-                for t in terms]
+        treatment_terms = [_treatment_coded(t) for t in terms]
+        X_t = _matrix(" + ".join(["1" if _has_intercept(spec) else "0"] + treatment_terms), frame)
+        full = [_matrix(f"0 + {t}", frame) for t in treatment_terms]
     except NotImplementedError:
         raise
     except Exception as error:
         raise NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
                                   "use result.test with your own L") from None
-    has_intercept = any(str(t) == "1" for t in spec.terms)
-    R = np.column_stack(([np.ones(len(frame))] if has_intercept else []) + full)
+    L_t = _treatment_contrasts(X_t, full, [columns[str(t)] for t in terms], _has_intercept(spec), terms, kinds)
+    to_x, *_ = np.linalg.lstsq(X_t, X, rcond=None)  # X = X_t to_x: β_t = to_x β
+    if X_t.shape[1] != X.shape[1] or not np.allclose(X_t @ to_x, X, atol=1e-8 * max(1.0, np.abs(X).max())):
+        raise NotImplementedError("the treatment-coded fixed part does not span X's columns; use result.test")
+    out = {}
+    for (name, cols), L in zip(columns.items(), L_t):
+        L = L @ to_x
+        out[name] = L[np.abs(L).sum(axis=1) > TOLERANCE]
+    return out
+
+
+def _has_intercept(spec) -> bool:
+    return any(str(t) == "1" for t in spec.terms)
+
+
+def _matrix(formula: str, frame: pd.DataFrame) -> np.ndarray:
+    return np.asarray(formulaic.model_matrix(formula, frame, context=fit_context()), dtype=float)
+
+
+def _treatment_coded(term) -> str:
+    """The term with every `C(x, <contrasts>, levels=...)` / `factor(x, ...)` call's contrasts
+    dropped (so treatment-coded, as formulaic codes a bare factor), levels kept."""
+    def rewrite(factor) -> str:
+        tree = ast.parse(str(factor.expr), mode="eval")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FACTOR_CALLS:
+                node.args = node.args[:1]
+                node.keywords = [k for k in node.keywords if k.arg == "levels"]
+        return ast.unparse(tree)
+    return ":".join(rewrite(factor) for factor in term.factors)
+
+
+def _treatment_contrasts(X: np.ndarray, full: list, columns: list, has_intercept: bool, terms, kinds) -> list:
+    """Per term, its L_t over the treatment-coded X's coefficients (module docstring): L₀ =
+    (X⁺R)', orthogonalised, read at the full codings' columns that are X's own columns."""
+    R = np.column_stack(([np.ones(X.shape[0])] if has_intercept else []) + full)
     coef, *_ = np.linalg.lstsq(X, R, rcond=None)
     if not np.allclose(X @ coef, R, atol=1e-8 * max(1.0, np.abs(R).max())):
         raise NotImplementedError("lmerTest's type III contrasts of this formula depend on the data "
                                   "(a term's full coding is outside the span of X); use result.test")
     L0 = coef.T
-    _orthogonalise(L0, terms, columns, kinds)
+    _orthogonalise(L0, terms, dict(zip((str(t) for t in terms), columns)), kinds)
     at_x = [int(np.flatnonzero(np.all(np.isclose(R, X[:, [j]]), axis=0))[0]) for j in range(X.shape[1])]
-    out = {}
-    for name, cols in columns.items():
-        L = L0[at_x][:, cols].T
-        out[name] = L[np.abs(L).sum(axis=1) > TOLERANCE]
-    return out
+    return [L0[at_x][:, cols].T for cols in columns]
 
 
 def _orthogonalise(L0: np.ndarray, terms, columns: dict, kinds: dict) -> None:

@@ -218,3 +218,25 @@ def test_an_indefinite_variance_parameter_covariance_gives_undefined_df():
     with pytest.warns(UserWarning, match="degrees of freedom are undefined"):
         table = result.anova()
     assert np.isnan(table["DenDF"]).all() and np.isfinite(table["F value"]).all()
+
+
+# lmerTest 3.1-3: d <- nlme::BodyWeight (Diet, Rat unordered factors);
+# anova(lmer(weight ~ Diet * Time + (1 | Rat), d, contrasts = list(Diet = "contr.sum")))
+# and the same with contr.poly, ddf = "Kenward-Roger"
+BODYWEIGHT_DIET_TIME = {"F": [77.5828065675, 638.6115641784, 51.0832687931],
+                        "DenDF": [13.2153090681, 157.0, 157.0]}
+
+
+@pytest.mark.parametrize("coding, ddf", [("contr.sum", "Satterthwaite"), ("contr.poly", "Kenward-Roger")])
+def test_type3_anova_of_a_factor_coded_otherwise_than_by_treatment(coding, ddf):
+    """`C(Diet, contr.sum)` crashed anova() (IndexError: X's columns were looked up among the
+    full dummy codings, which only treatment-coded columns are); lmerTest maps the
+    treatment-coded contrasts to X's coding, and the table does not depend on the coding."""
+    import lmm_jax
+
+    data = lmm_jax.datasets.load("bodyweight")
+    table = lmm_jax.fit(f"weight ~ C(Diet, {coding}) * Time + (1 | Rat)", data).anova(ddf=ddf)
+    np.testing.assert_allclose(table["F value"], BODYWEIGHT_DIET_TIME["F"], rtol=1e-7)
+    np.testing.assert_allclose(table["DenDF"], BODYWEIGHT_DIET_TIME["DenDF"], rtol=1e-6)
+    treatment = lmm_jax.fit("weight ~ Diet * Time + (1 | Rat)", data).anova(ddf=ddf)
+    np.testing.assert_allclose(table["F value"], treatment["F value"], rtol=1e-9)
