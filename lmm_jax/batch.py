@@ -190,7 +190,8 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     sets, each with its own rows and factor levels, fitted with the same formula; entry i
     equals `lmm_jax.fit(formula, datasets[i])`. They are padded to bucketed shapes
     (`ragged.py`), so data sets of similar size share one compiled program. Every data set
-    must give the same fixed-effect columns; θ follows the first data set's term order.
+    must give the same fixed-effect columns; θ follows the first data set's term order
+    (which may not be another data set's own: compare by `theta_names`).
 
     `dtype`: "float64" (default) or "float32" (single precision throughout, on each
     response's residuals from its float64 least-squares fit, `Design.least_squares_residuals`;

@@ -197,3 +197,25 @@ def test_many_sizes_compile_a_few_programs_and_equal_single_fits(sleepstudy):
         assert_close(out.beta[i], single.fixef, 1e-8, f"beta of data set {i}")
         assert_close(out.theta[i], single.theta, 1e-6, f"theta of data set {i}", atol=1e-8)
         assert_close(out.loglik[i], single.loglik, 1e-8, f"loglik of data set {i}")
+
+
+def test_theta_columns_follow_the_first_data_sets_term_order_by_name(sleepstudy):
+    """lme4 orders terms by their number of levels, so two data sets can order θ differently:
+    here (Days | Subject) before (1 | week) in the first (18 against 3 levels), after it in the
+    second (2 subjects, 3 weeks). Every entry is in the first data set's order, and the
+    named columns (theta_names) say which entry is which: by name each equals the data
+    set's own fit (an audit read the unnamed columns in the single fit's order)."""
+    from lmm_jax.structure_report import theta_names
+
+    formula = "Reaction ~ Days + (Days | Subject) + (1 | week)"
+    data = sleepstudy.assign(week=np.asarray(["a", "b", "c"])[sleepstudy["Days"].to_numpy() % 3])
+    small = data[data["Subject"].isin(data["Subject"].unique()[:2])].reset_index(drop=True)
+    out = lmm_jax.fit_batch(formula, datasets=[data, small], progress=False)
+    assert out.theta_names == ("Subject.(Intercept)", "Subject.Days.(Intercept)", "Subject.Days",
+                               "week.(Intercept)")
+    for i, frame in enumerate((data, small)):
+        single = lmm_jax.fit(formula, frame)
+        by_name = dict(zip(theta_names(single.design.terms), single.theta))
+        assert_close(out.theta[i], [by_name[name] for name in out.theta_names], 1e-6, f"theta of {i}", atol=1e-7)
+        assert_close(out.loglik[i], single.loglik, 1e-8, f"loglik of {i}")
+    assert theta_names(lmm_jax.fit(formula, small).design.terms)[0] == "week.(Intercept)"
