@@ -32,6 +32,7 @@ a different design).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from functools import partial
 
@@ -46,6 +47,7 @@ from .blocked import factors_unrolled
 from .design import DataError, _as_frame
 from .formula import parse_formula
 from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
+from .newton import EXACT_FIT
 from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, stacked_arrays
 from .sharding import batch_mesh, sharded_map
 from .structure_report import theta_names
@@ -202,6 +204,9 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     resolve; 1 of 1,000 fits differed in the singular flag. tests/test_batch_float32.py
     asserts bounds (β̂ 1e-3, log-likelihood 1e-4, σ̂ 1e-2, SE 1e-1, θ̂ 1) and that a
     response shifted by 1e4 gives the same fits.
+    A response that the fixed effects fit exactly (a constant, y = Xb) has no optimum: its
+    β̂ is the least-squares fit, θ̂, σ̂, SE and log-likelihood are NaN, `converged` False
+    (status `newton.EXACT_FIT`), with a warning.
     `devices`: the devices to split the batch over (default: all local devices; one
     device runs unsharded).
     """
@@ -215,6 +220,7 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
         raise ValueError("fit_batch needs data and responses (one design, B responses) or datasets=")
     model = Model.from_formula(formula, _design_frame(formula, data), method)
     ys, names = _responses(responses, data, model.design)
+    original, exact = ys, model.design.exactly_fitted(ys)
     shift = np.zeros((ys.shape[0], model.design.n_fixed))
     if dtype == "float32":  # a response of large mean kept its digits only in float64
         ys, shift = model.design.least_squares_residuals(ys)
@@ -225,13 +231,41 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
                                compiler_options=BATCH_COMPILER_OPTIONS,
                                concurrent=factors_unrolled(model.shape, model.design.n_fixed))
     beta = (params.beta + shift).astype(params.beta.dtype)
-    return _result(names, model.design, model.method, params._replace(beta=beta), se)
+    params, se = _mark_exact_fits(exact, lambda: model.design.least_squares_residuals(original[exact])[1],
+                                  params._replace(beta=beta), se)
+    return _result(names, model.design, model.method, params, se)
+
+
+def _mark_exact_fits(exact: np.ndarray, exact_coefficients, params, se):
+    """Responses the fixed effects fit exactly (`Design.exactly_fitted`: a constant, y = Xb)
+    have no optimum (the criterion falls without bound as σ² -> 0, and the fit stopped
+    anywhere, differently for other batch sizes): β̂ is their least-squares fit
+    (`exact_coefficients()`, one row per exact entry), θ̂, σ̂², SE and the log-likelihood
+    NaN, status `EXACT_FIT` (not converged), with a warning."""
+    if not exact.any():
+        return params, se
+    warnings.warn(f"{int(exact.sum())} response(s) are fitted exactly by the fixed effects (zero residuals: "
+                  "a constant, or y = Xb); their theta, sigma, se and loglik are NaN and converged is False",
+                  stacklevel=3)
+    coef, nan = exact_coefficients(), np.nan
+
+    def where_exact(a, value):
+        a = np.array(a, copy=True)
+        a[exact] = value
+        return a
+    params = params._replace(beta=where_exact(params.beta, coef.astype(params.beta.dtype)),
+                             theta=where_exact(params.theta, nan), sigma2=where_exact(params.sigma2, nan),
+                             loglik=where_exact(params.loglik, nan), objective=where_exact(params.objective, nan),
+                             singular=where_exact(params.singular, False), status=where_exact(params.status, EXACT_FIT))
+    return params, where_exact(se, nan)
 
 
 def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, dtype, mesh):
     """The `datasets=` path: one `run_in_chunks` per bucket of padded shapes."""
     method = "REML" if _is_reml(method) else "ML"
     names, designs = dataset_designs(formula, datasets)
+    original = list(designs)
+    exact = np.array([design.exactly_fitted(design.y[None, :])[0] for design in designs])
     shifts = np.zeros((len(designs), designs[0].n_fixed))
     if dtype == "float32":  # as in fit_batch, data set by data set
         for i, design in enumerate(designs):
@@ -250,7 +284,11 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
             results[i] = jax.tree_util.tree_map(lambda a, j=j: a[j], out)
     params, se = jax.tree_util.tree_map(lambda *parts: np.stack(parts), *results)
     beta = (params.beta + shifts).astype(params.beta.dtype)
-    return _result(names, designs[0], method, params._replace(beta=beta), se)
+    params, se = _mark_exact_fits(
+        exact, lambda: np.stack([design.least_squares_residuals(design.y[None, :])[1][0]
+                                 for design, flag in zip(original, exact) if flag]),
+        params._replace(beta=beta), se)
+    return _result(names, designs[0], method, params, se)
 
 
 def _result(names, design, method, params, se) -> BatchResult:

@@ -29,6 +29,7 @@ from .structures import CholeskyFactor, CovarianceStructure
 __all__ = ["DataError", "Design", "RandomTerm", "build_design", "lme4_term_order"]
 
 RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
+EXACT_FIT_TOLERANCE = 1e-10  # ‖y - Xb₀‖ / ‖y‖ below which X fits y exactly (`Design.exactly_fitted`)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,21 @@ class Design:
         from these without the digits a response of large mean cancels in y'y and X'y."""
         coef = np.linalg.lstsq(self.X, np.asarray(ys, dtype=float).T, rcond=None)[0]  # (p, B)
         return ys - (self.X @ coef).T, coef.T
+
+    def exactly_fitted(self, ys: np.ndarray) -> np.ndarray:
+        """Per row y of `ys` (B, n): whether X fits y exactly, ‖y - Xb₀‖ ≤ 1e-10 ‖y‖ (a
+        constant response, or y = Xb). Then nothing is left for the variance components
+        and σ² (the criterion has no minimum: it falls without bound as σ² -> 0)."""
+        residuals, _ = self.least_squares_residuals(ys)
+        return np.linalg.norm(residuals, axis=1) <= EXACT_FIT_TOLERANCE * np.linalg.norm(ys, axis=1)
+
+    def check_not_exactly_fitted(self) -> None:
+        """A clear error for a response the fixed effects fit exactly (`exactly_fitted`): the
+        fit would report a meaningless optimum (lme4 warns that it failed to converge)."""
+        if self.exactly_fitted(self.y[None, :])[0]:
+            raise DataError(f"the response {self.formula.response!r} is fitted exactly by the fixed effects "
+                            "(zero residuals: a constant response, or y = Xb), so the variance components "
+                            "and the residual variance cannot be estimated")
 
 
 def build_design(formula: str, data, weights=None, known_scale: bool = False, known=None,

@@ -368,6 +368,8 @@ class Model:
         enabled: `exported_programs.py`)."""
         from .results import FitResult, fit_with_summaries
 
+        if not self.shape.known_scale:
+            self.design.check_not_exactly_fitted()
         params, post_fit = to_host(cached_call(fit_with_summaries, self._program_arguments(), dict(shape=self.shape)))
         return FitResult(self, params, post_fit)
 

@@ -51,12 +51,14 @@ CONVERGED_GRADIENT = 0
 CONVERGED_NO_PROGRESS = 1
 MAX_ITERATIONS = 2
 NOT_FINITE = 3
+EXACT_FIT = 4  # set on the host by fit_batch: no minimum to find (`Design.exactly_fitted`)
 NOT_EVALUATED = -2  # internal: the loop has not evaluated f at x0 yet
 STATUS_MESSAGES = {
     CONVERGED_GRADIENT: "converged: gradient or Newton step below tolerance",
     CONVERGED_NO_PROGRESS: "converged: no further decrease possible at machine precision",
     MAX_ITERATIONS: "stopped: maximum number of iterations reached",
     NOT_FINITE: "failed: the objective is not finite at the starting values",
+    EXACT_FIT: "not fitted: the fixed effects fit the response exactly (zero residuals)",
 }
 
 

@@ -140,6 +140,7 @@ class ResidualModel(Model):
     def fit(self) -> "ResidualFitResult":
         """Fit and return a `ResidualFitResult`: the fit and its summaries as one program
         (`fit_residual_with_summaries`), one call and one copy back."""
+        self.design.check_not_exactly_fitted()
         params, post_fit, natural = to_host(cached_call(fit_residual_with_summaries, self._program_arguments(),
                                                          dict(shape=self.residual_shape)))
         return ResidualFitResult(self, params, post_fit, natural)

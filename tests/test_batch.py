@@ -175,3 +175,34 @@ def test_theta_columns_carry_lme4s_theta_names(sleepstudy):
     twice = lmm_jax.fit_batch("Reaction ~ Days + (1 | Subject) + (1 | Subject)", sleepstudy, responses=Y,
                               progress=False)
     assert twice.theta_names == ("Subject.(Intercept)", "Subject.1.(Intercept)")
+
+
+def test_responses_the_fixed_effects_fit_exactly_are_flagged(sleepstudy):
+    """A constant response or y = Xb has no optimum (the criterion falls as σ² -> 0): an
+    audit saw converged=True with a log-likelihood of 2589.9 at B = 7 and NaN at B = 1 for
+    the same response. Now they are not converged (status EXACT_FIT) with NaN θ, σ, SE and
+    log-likelihood, β̂ their least-squares fit, and a warning; the others are unchanged."""
+    from lmm_jax.newton import EXACT_FIT, STATUS_MESSAGES
+
+    Y = simulate_sleepstudy(sleepstudy, 4, seed=10)
+    Y[:, 1], Y[:, 2] = 3.7, 3.0 + 2.0 * sleepstudy["Days"].to_numpy()
+    for kwargs in (dict(responses=Y, data=sleepstudy),
+                   dict(datasets=[sleepstudy.assign(Reaction=y) for y in Y.T])):
+        with pytest.warns(UserWarning, match="2 response\\(s\\) are fitted exactly"):
+            out = lmm_jax.fit_batch(FORMULA, progress=False, **kwargs)
+        assert out.converged.tolist() == [True, False, False, True]
+        assert out.status[1] == out.status[2] == EXACT_FIT and "exactly" in STATUS_MESSAGES[EXACT_FIT]
+        assert_close(out.beta[1:3], [[3.7, 0.0], [3.0, 2.0]], 1e-12, "least-squares beta", atol=1e-12)
+        for values in (out.theta[1:3], out.se[1:3], out.sigma[1:3], out.loglik[1:3]):
+            assert np.isnan(values).all()
+        single = lmm_jax.fit(FORMULA, sleepstudy.assign(Reaction=Y[:, 3]))
+        assert_close(out.loglik[3], single.loglik, 1e-8, "loglik of an ordinary response")
+
+
+@pytest.mark.parametrize("correlation", [None, "ar1(~ 1 | Subject)"])
+def test_fit_of_a_response_the_fixed_effects_fit_exactly_is_a_clear_error(sleepstudy, correlation):
+    """lmm_jax.fit reported converged with σ ~1e-7 and a log-likelihood of 2649 (lme4
+    warns that it failed to converge)."""
+    for y in (np.full(len(sleepstudy), 3.7), 3.0 + 2.0 * sleepstudy["Days"].to_numpy()):
+        with pytest.raises(lmm_jax.DataError, match="'y' is fitted exactly by the fixed effects"):
+            lmm_jax.fit("y ~ Days + (Days | Subject)", sleepstudy.assign(y=y), correlation=correlation)
