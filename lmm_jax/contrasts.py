@@ -80,7 +80,9 @@ def contrast_test(result, L, ddf: str = "Satterthwaite") -> pd.Series:
     method = check_method(ddf, result.model.shape)
     matrix = contrast_matrix(L, result.fixef.index)
     out = f_test(matrix, result.fixef.to_numpy(), result.small_sample_terms(), method)
-    return pd.Series(out, dtype=object)
+    # floats in a float Series named after the method: an object Series (the method's
+    # name beside the numbers) printed p = 1.99e-09 as 0.0
+    return pd.Series({k: v for k, v in out.items() if k != "method"}, dtype=float, name=out["method"])
 
 
 def anova_table(result, ddf: str = "Satterthwaite") -> pd.DataFrame:

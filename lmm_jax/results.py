@@ -247,8 +247,8 @@ class FitResult:
 
     def test(self, L, ddf: str = "Satterthwaite"):
         """F test of Lβ = 0 (L an array (q, p), a vector, or a dict of fixed-effect names)
-        with Satterthwaite's or Kenward-Roger's df (lmerTest's `contest`): a Series of F,
-        num_df, den_df, p_value, method (`contrasts.py`)."""
+        with Satterthwaite's or Kenward-Roger's df (lmerTest's `contest`): a float Series of
+        F, num_df, den_df, F_scaling, p_value, named after the df method (`contrasts.py`)."""
         from .contrasts import contrast_test
 
         return contrast_test(self, L, ddf)

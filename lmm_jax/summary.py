@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .r_format import abbreviate_unique, format_numbers, round_half_even, zapsmall
+
+DIGITS = 4  # lme4's print.summary.merMod: max(3, getOption("digits") - 3)
+
 
 def format_summary(result) -> str:
     parts = [_header(result), _criterion(result), _scaled_residuals(result), _random_effects(result),
@@ -42,24 +46,39 @@ def _criterion(result) -> str:
 
 
 def _scaled_residuals(result) -> str:
+    """lme4's `.prt.resids`: the quantiles zapped to 5 digits, printed with 4."""
     scaled = result.residuals * np.sqrt(result.design.weights) / result.sigma
-    quantiles = np.quantile(scaled, [0, 0.25, 0.5, 0.75, 1.0])
-    table = pd.DataFrame([quantiles], columns=["Min", "1Q", "Median", "3Q", "Max"])
-    return "Scaled residuals:\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n"
+    quantiles = zapsmall(np.quantile(scaled, [0, 0.25, 0.5, 0.75, 1.0]), DIGITS + 1)
+    return "Scaled residuals:\n" + _named_row(["Min", "1Q", "Median", "3Q", "Max"],
+                                             format_numbers(quantiles, DIGITS)) + "\n"
+
+
+def _named_row(names: list[str], texts: list[str]) -> str:
+    """R's print of a named vector: names over values, each right-aligned to the wider."""
+    widths = [max(len(n), len(t)) for n, t in zip(names, texts)]
+    return "\n".join(" ".join(x.rjust(w) for x, w in zip(line, widths)) for line in (names, texts))
 
 
 def _random_effects(result) -> str:
-    rows = []
+    """lme4's `formatVC`: Variance and Std.Dev. columns each printed as R prints a vector
+    with 4 digits, correlations rounded to 2 decimals."""
+    names, variances, corr_texts = [], [], []
     for term, rel in zip(result.report_terms, result._rel_cov):
         cov = result.sigma ** 2 * rel
         sd = np.sqrt(np.diag(cov))
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = cov / np.outer(sd, sd)
+        width = max(len(_correlation(c, 0)) for c in corr.ravel())  # R formats the term's matrix at once
         for i, name in enumerate(term.column_names):
-            corrs = " ".join(f"{corr[i, j]:5.2f}" for j in range(i))
-            rows.append([term.name if i == 0 else "", name, f"{cov[i, i]:.4g}", f"{sd[i]:.4g}", corrs])
-    residual = "Residual (known)" if result.model.shape.known_scale else "Residual"
-    rows.append([residual, "", f"{result.sigma ** 2:.4g}", f"{result.sigma:.4g}", ""])
+            names.append([term.name if i == 0 else "", name])
+            variances.append(cov[i, i])
+            corr_texts.append(" ".join(_correlation(corr[i, j], width) for j in range(i)))
+    names.append(["Residual (known)" if result.model.shape.known_scale else "Residual", ""])
+    variances.append(result.sigma ** 2)
+    corr_texts.append("")
+    variance_texts = format_numbers(variances, DIGITS)
+    sd_texts = format_numbers(np.sqrt(variances), DIGITS)
+    rows = [[*n, v, s, c] for n, v, s, c in zip(names, variance_texts, sd_texts, corr_texts)]
     header = ["Groups", "Name", "Variance", "Std.Dev.", "Corr"]
     if not any(r[4] for r in rows):
         header, rows = header[:4], [r[:4] for r in rows]
@@ -71,6 +90,11 @@ def _random_effects(result) -> str:
     return "Random effects:\n" + "\n".join(lines) + "\n" + summary_lines(result)
 
 
+def _correlation(value: float, width: int) -> str:
+    """A correlation rounded to 2 decimals (R prints -0.0004 as 0.00), NaN where undefined."""
+    return f"{round_half_even(value, 2):{width}.2f}" if np.isfinite(value) else "NaN".rjust(width)
+
+
 def _counts(result) -> str:
     groups = "; ".join(f"{g}, {n}" for g, n in result.ngroups.items())
     if not groups:
@@ -79,26 +103,62 @@ def _counts(result) -> str:
 
 
 def _fixed_effects(result) -> str:
-    table = pd.DataFrame({"Estimate": result.fixef, "Std. Error": result.se,
-                          "t value": result.fixef / result.se})
-    digits = max(0, 4 - int(np.floor(np.log10(max(np.min(np.abs(result.se)), 1e-300)))) - 1)
-    digits = min(digits, 6)
-    columns = {"Estimate": digits, "Std. Error": digits, "t value": 3}
-    formatters = {name: (lambda d: lambda v: f"{v:.{d}f}")(d) for name, d in columns.items()}
-    return "Fixed effects:\n" + table.to_string(formatters=formatters) + "\n"
+    """R's `printCoefmat` with lme4's 4 digits: estimates and SEs rounded to the decimals
+    that show 4 digits of the smallest of them (at least 1) and printed together as R
+    prints a vector (fixed or scientific notation: 1.047e-05, not 0.000010); t values
+    rounded to 3 decimals; an entry printed as 0 that is not 0 printed again with 1 digit."""
+    estimates, se = result.fixef.to_numpy(), result.se.to_numpy()
+    both = np.concatenate([estimates, se])
+    finite = np.abs(both[np.isfinite(both) & (both != 0)])
+    smallest = 1 + np.floor(np.log10(finite.min())) if finite.size else 1
+    rounded = round_half_even(both, int(max(1, DIGITS - smallest)))
+    texts = _nonzero_kept(format_numbers(rounded, DIGITS), both)
+    t_texts = format_numbers(round_half_even(estimates / se, max(1, min(5, DIGITS - 1))), DIGITS)
+    p = len(estimates)
+    columns = {"Estimate": texts[:p], "Std. Error": texts[p:], "t value": t_texts}
+    names = list(result.fixef.index)
+    name_width = max(len(n) for n in names)
+    widths = {c: max(len(c), len(v[0])) for c, v in columns.items()}
+    lines = [" " * name_width + " " + " ".join(c.rjust(widths[c]) for c in columns)]
+    for i, name in enumerate(names):
+        lines.append(name.ljust(name_width) + " " + " ".join(v[i].rjust(widths[c]) for c, v in columns.items()))
+    return "Fixed effects:\n" + "\n".join(lines) + "\n"
+
+
+def _nonzero_kept(texts: list[str], values: np.ndarray) -> list[str]:
+    """printCoefmat's last step: an entry that prints as zero but is not zero is printed
+    with one significant digit of its own."""
+    out = list(texts)
+    for i, (text, value) in enumerate(zip(texts, values)):
+        if value != 0 and np.isfinite(value) and float(text) == 0:
+            out[i] = format_numbers([value], 1)[0].rjust(len(text))
+    return out
+
+
+MAX_CORRELATION_TABLE = 12  # lme4 prints the fixed effects' correlations for p <= 12 only
 
 
 def _fixed_correlation(result) -> str:
-    if len(result.fixef) < 2:
+    """lme4's table: rounded to 3 decimals, rows named by R's abbreviate(names, 11),
+    columns by abbreviate(names, 6) (lengthened until distinct); for more than 12
+    coefficients only lme4's note."""
+    p = len(result.fixef)
+    if p < 2:
         return ""
+    if p > MAX_CORRELATION_TABLE:
+        return (f"Correlation matrix not shown by default, as p = {p} > {MAX_CORRELATION_TABLE}.\n"
+                "Use result.vcov (and its correlations) if you need it\n")
     vcov = result.vcov.to_numpy()
     sd = np.sqrt(np.diag(vcov))
     corr = vcov / np.outer(sd, sd)
-    short = [abbreviate(name) for name in result.fixef.index]
-    rows = [[f"{corr[i, j]:.3f}" if j < i else "" for j in range(len(short) - 1)]
-            for i in range(len(short))]
-    table = pd.DataFrame(rows[1:], index=list(result.fixef.index)[1:], columns=short[:-1])
-    return "Correlation of Fixed Effects:\n" + table.to_string() + "\n"
+    rows, columns = abbreviate_unique(result.fixef.index, 11), abbreviate_unique(result.fixef.index, 6)
+    cells = [[f"{round_half_even(corr[i, j], 3):.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+    widths = [max([len(columns[j])] + [len(row[j]) for row in cells]) for j in range(p - 1)]
+    row_width = max(len(r) for r in rows[1:])
+    lines = [" " * row_width + " " + " ".join(c.rjust(w) for c, w in zip(columns[:-1], widths))]
+    for name, row in zip(rows[1:], cells):
+        lines.append((name.ljust(row_width) + " " + " ".join(c.rjust(w) for c, w in zip(row, widths))).rstrip())
+    return "Correlation of Fixed Effects:\n" + "\n".join(lines) + "\n"
 
 
 def _notes(result) -> str:
@@ -113,16 +173,3 @@ def _notes(result) -> str:
         notes.append("fixed-effect model matrix is rank deficient; dropped: "
                      + ", ".join(result.design.dropped_columns))
     return "\n".join(notes)
-
-
-def abbreviate(name: str, length: int = 6) -> str:
-    """R's `abbreviate(name, 6)` as lme4 uses it for the correlation table: drop lower-case
-    vowels from the right, then lower-case letters, then truncate ('(Intercept)' -> '(Intr)')."""
-    chars = list(name)
-    for removable in ("aeiou", "abcdefghijklmnopqrstuvwxyz"):
-        i = len(chars) - 1
-        while len(chars) > length and i > 0:
-            if chars[i] in removable:
-                del chars[i]
-            i -= 1
-    return "".join(chars[:max(length, 0)]) if len(chars) > length else "".join(chars)
