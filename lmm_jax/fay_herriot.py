@@ -39,7 +39,7 @@ class FayHerriotResult:
     raw_area_variance: float
     truncated: bool
     area_variance_se: float
-    loglik: float | None
+    loglik: float  # ℓ_R(Â) for REML, else ℓ(Â) (metafor's logLik, DL/HE/PM included)
     eblup: np.ndarray
     eblup_se: np.ndarray
     mse: np.ndarray
@@ -67,8 +67,8 @@ class FayHerriotResult:
         lines = [f"Fay-Herriot model ({self.method}), {self.eblup.size} areas",
                  f"area variance A = {self.area_variance:.6g} (SE {self.area_variance_se:.4g})"
                  + ("  [estimate below 0 set to 0]" if self.truncated else "")]
-        if self.loglik is not None:
-            lines.append(f"log-likelihood ({self.method}) = {self.loglik:.6g}")
+        kind = "restricted log-likelihood" if self.method == "REML" else "log-likelihood"
+        lines.append(f"{kind} at the estimate of A = {self.loglik:.6g}")
         lines += [f"  {name:<20}{b:>12.6g}{se:>12.4g}"
                   for name, b, se in zip(self.fixed_names, self.beta, self.beta_se)]
         return "\n".join(lines)
@@ -89,7 +89,7 @@ def fay_herriot(formula: str, data, sampling_variance: str = "vi", method: str =
     params = fit_fay_herriot(y, X, D, method)
     pred = predict(method, params, y, X, D, bool(pm_bias_correction))
     params, pred = jax.device_get((params, pred))
-    loglik = float(params.loglik) if method in ("REML", "ML") else None
+    loglik = float(params.loglik)
     return FayHerriotResult(
         method, names, np.asarray(params.beta), np.sqrt(np.diag(params.cov_beta)),
         float(params.area_variance), float(params.raw_area_variance), bool(params.truncated),

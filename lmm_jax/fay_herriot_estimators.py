@@ -175,7 +175,7 @@ class FayHerriotParams(NamedTuple):
     area_variance_se: jnp.ndarray
     beta: jnp.ndarray
     cov_beta: jnp.ndarray
-    loglik: jnp.ndarray  # ℓ(Â) for ML, ℓ_R(Â) for REML, NaN for the moment estimators
+    loglik: jnp.ndarray  # ℓ_R(Â) for REML, else ℓ(Â) (ML, and metafor's logLik of DL, HE, PM fits)
 
 
 @partial(jax.jit, static_argnames="method")
@@ -189,12 +189,7 @@ def params_at(method: str, area_variance, y, X, D, raw=None) -> FayHerriotParams
     """Everything `method` reports, evaluated at a given A ≥ 0 (`raw`: the untruncated Â)."""
     raw = area_variance if raw is None else raw
     fit = gls(area_variance, y, X, D)
-    if method == "REML":
-        ll = restricted_loglik(area_variance, y, X, D)
-    elif method == "ML":
-        ll = loglik(area_variance, y, X, D)
-    else:
-        ll = jnp.asarray(jnp.nan, dtype=y.dtype)
+    ll = restricted_loglik(area_variance, y, X, D) if method == "REML" else loglik(area_variance, y, X, D)
     return FayHerriotParams(area_variance, raw, raw <= 0.0,
                             area_variance_se(method, area_variance, y, X, D),
                             fit.beta, fit.cov_beta, ll)
