@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from .model import Model
 
 
@@ -37,7 +39,16 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
 
         variance = weights if looks_like_structure(weights) else None
         prior = None if variance is not None else weights
-        return ResidualModel.from_formula(formula, data, method, prior, data_name, correlation,
-                                          variance).fit()
-    return Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
-                              known=known).fit()
+        return _told_if_singular(ResidualModel.from_formula(formula, data, method, prior, data_name,
+                                                            correlation, variance).fit())
+    return _told_if_singular(Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
+                                                known=known).fit())
+
+
+def _told_if_singular(result):
+    """lme4's message at fit time, as a warning: a variance estimated as 0 (or a correlation
+    as ±1) makes the fit singular, which users should know before reading its numbers."""
+    if result.singular:
+        warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation "
+                      "as +-1 (lme4's isSingular; result.singular)", stacklevel=3)
+    return result

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import lmm_jax
 
 KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "varcorr", "loglik",
@@ -23,8 +25,10 @@ def test_to_dict_keys_and_json(sleepstudy):
 
 
 def test_summary_of_a_singular_ml_fit():
-    result = lmm_jax.fit("Yield ~ 1 + (1 | Batch)", lmm_jax.datasets.load("dyestuff2"), method="ML",
-                         data_name="dyestuff2")
+    """lme4 says "boundary (singular) fit" when it fits (a message), and in the summary."""
+    with pytest.warns(UserWarning, match="boundary \\(singular\\) fit"):
+        result = lmm_jax.fit("Yield ~ 1 + (1 | Batch)", lmm_jax.datasets.load("dyestuff2"), method="ML",
+                             data_name="dyestuff2")
     text = result.summary()
     assert result.singular
     assert "Linear mixed model fit by maximum likelihood" in text
