@@ -253,10 +253,12 @@ def _mark_exact_fits(exact: np.ndarray, exact_coefficients, params, se):
         a = np.array(a, copy=True)
         a[exact] = value
         return a
-    params = params._replace(beta=where_exact(params.beta, coef.astype(params.beta.dtype)),
-                             theta=where_exact(params.theta, nan), sigma2=where_exact(params.sigma2, nan),
-                             loglik=where_exact(params.loglik, nan), objective=where_exact(params.objective, nan),
-                             singular=where_exact(params.singular, False), status=where_exact(params.status, EXACT_FIT))
+
+    params = params._replace(
+        beta=where_exact(params.beta, coef.astype(params.beta.dtype)), theta=where_exact(params.theta, nan),
+        sigma2=where_exact(params.sigma2, nan), loglik=where_exact(params.loglik, nan),
+        objective=where_exact(params.objective, nan), singular=where_exact(params.singular, False),
+        status=where_exact(params.status, EXACT_FIT))
     return params, where_exact(se, nan)
 
 

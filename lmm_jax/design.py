@@ -29,7 +29,7 @@ from .structures import CholeskyFactor, CovarianceStructure
 __all__ = ["DataError", "Design", "RandomTerm", "build_design", "lme4_term_order"]
 
 RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
-EXACT_FIT_TOLERANCE = 1e-10  # ‖y - Xb₀‖ / ‖y‖ below which X fits y exactly (`Design.exactly_fitted`)
+EXACT_FIT_TOLERANCE = 1e-10  # ‖y - Xb₀‖ / ‖y‖ below which X fits y exactly (`exactly_fitted`)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ def _special(value: float) -> str:
 
 def _no_negative_zero(text: str) -> str:
     """R prints a value that rounds to zero without a sign."""
-    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text.split("e")[0]) else text
+    zero = not any(c in "123456789" for c in text.split("e")[0])
+    return text[1:] if text.startswith("-") and zero else text
 
 
 def _aligned(texts: list[str]) -> list[str]:
