@@ -106,7 +106,7 @@ def _fixed_effects(result) -> str:
     """R's `printCoefmat` with lme4's 4 digits: estimates and SEs rounded to the decimals
     that show 4 digits of the smallest of them (at least 1) and printed together as R
     prints a vector (fixed or scientific notation: 1.047e-05, not 0.000010); t values
-    rounded to 3 decimals; an entry printed as 0 that is not 0 printed again with 1 digit."""
+    rounded to 3 decimals; an entry printed as 0 that is not 0 printed again on its own."""
     estimates, se = result.fixef.to_numpy(), result.se.to_numpy()
     both = np.concatenate([estimates, se])
     finite = np.abs(both[np.isfinite(both) & (both != 0)])
@@ -127,11 +127,11 @@ def _fixed_effects(result) -> str:
 
 def _nonzero_kept(texts: list[str], values: np.ndarray) -> list[str]:
     """printCoefmat's last step: an entry that prints as zero but is not zero is printed
-    with one significant digit of its own."""
+    on its own with 3 significant digits (R: `digits - 1`)."""
     out = list(texts)
     for i, (text, value) in enumerate(zip(texts, values)):
         if value != 0 and np.isfinite(value) and float(text) == 0:
-            out[i] = format_numbers([value], 1)[0].rjust(len(text))
+            out[i] = format_numbers([value], max(1, DIGITS - 1))[0].rjust(len(text))
     return out
 
 
