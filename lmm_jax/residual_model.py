@@ -247,5 +247,33 @@ class ResidualFitResult(FitResult):
         lines.append(f"logLik (nlme): {self.loglik:.4f}  AIC {self.aic:.2f}  BIC {self.bic:.2f}")
         return "\n".join(lines) + "\n"
 
+    # The methods below are written for V₀ = ZΛΛ'Z' + I: on these fits they would use the
+    # model without its residual structures, a silently wrong number (an audit: anova()'s F
+    # 24.46 where (β̂/SE)² and nlme give 33.02), or crash deep inside. They refuse instead.
     def influence(self) -> dict:
-        raise NotImplementedError("influence() with residual structures is not implemented")
+        raise not_with_residual_structures("influence()")
+
+    def variance_components(self):
+        raise not_with_residual_structures("variance_components()")
+
+    def fisher_information(self, kind: str = "expected"):
+        raise not_with_residual_structures("fisher_information()")
+
+    def robust_vcov(self) -> dict:
+        raise not_with_residual_structures("robust_vcov()")
+
+    def small_sample_terms(self):
+        raise not_with_residual_structures("Satterthwaite and Kenward-Roger tests (test(), anova())",
+                                           "the SEs of summary() and vcov, and confint(method='wald'), hold")
+
+    def confint(self, method: str = "profile", *args, **kwargs):
+        if str(method).lower() != "wald":
+            raise not_with_residual_structures(f"confint(method={method!r})", "method='wald' gives β's intervals")
+        return super().confint(method, *args, **kwargs)
+
+
+def not_with_residual_structures(what: str, instead: str = "") -> NotImplementedError:
+    """The error of a method that does not take residual structures into account."""
+    return NotImplementedError(f"{what} with residual structures (correlation= or a weights= variance "
+                               "function) is not implemented: it would use the model without them"
+                               + (f"; {instead}" if instead else ""))

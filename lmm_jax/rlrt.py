@@ -31,6 +31,9 @@ from .term_select import dense_z, find_term, term_label
 
 
 def _check_supported(result, index: int) -> None:
+    if hasattr(result.model, "residual_shape"):
+        raise NotImplementedError("rlrt with residual structures (correlation= or a weights= variance "
+                                  "function) is not implemented: its null law assumes ε ~ N(0, σ²I)")
     if result.method != "REML":
         raise ValueError("rlrt needs a REML fit (the restricted likelihood ratio); refit with "
                          "method='REML'")

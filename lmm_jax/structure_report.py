@@ -57,6 +57,11 @@ def theta_covariance(result) -> np.ndarray:
     """2 H⁻¹ with H the exact Hessian of the fit's criterion at θ̂ (see the module docstring)."""
     from .model import deviance_function
 
+    if hasattr(result.model, "residual_shape"):
+        raise NotImplementedError("structure_parameter_se with residual structures (correlation= or a "
+                                  "weights= variance function) is not implemented: its Hessian would be "
+                                  "of the model without them")
+
     model = result.model
     hessian = jax.jit(jax.hessian(deviance_function(model.arrays, model.shape)))(jnp.asarray(result.theta))
     return 2.0 * np.linalg.inv(np.asarray(hessian))

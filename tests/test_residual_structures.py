@@ -404,3 +404,27 @@ def test_a_correlation_without_groups_inherits_the_random_terms_grouping_as_lme(
     for correlation, loglik in (("cs(~ 1)", -223.501257798), ("ar1(~ 1)", -223.462752855)):
         result = lmm_jax.fit("distance ~ age + (1 | Subject)", orthodont, correlation=correlation)
         np.testing.assert_allclose(result.loglik, loglik, rtol=1e-9)
+
+
+def test_methods_written_for_the_plain_model_refuse_residual_structures():
+    """anova()/test() (F 24.46 where (β̂/SE)² and nlme's marginal anova give 33.02 on an
+    audit's data), variance_components(), fisher_information() and robust_vcov() used the
+    model without its residual structures, silently; profile and bootstrap intervals, rlrt
+    and structure_parameter_se crashed deep inside. All refuse by name now; Wald intervals
+    of β (from the fit's own vcov) stay."""
+    from scipy.stats import norm
+
+    data = lmm_jax.datasets.load("bodyweight")
+    result = lmm_jax.fit("weight ~ Time * Diet + (1 | Rat)", data, correlation="car1(~ Time | Rat)")
+    calls = {"anova": result.anova, "test": lambda: result.test({"Time": 1.0}),
+             "variance_components": result.variance_components, "fisher_information": result.fisher_information,
+             "robust_vcov": result.robust_vcov, "profile": result.confint,
+             "bootstrap": lambda: result.confint(method="bootstrap", nsim=5),
+             "rlrt": lambda: lmm_jax.rlrt(result), "se": lambda: lmm_jax.structure_parameter_se(result),
+             "influence": result.influence}
+    for name, call in calls.items():
+        with pytest.raises(NotImplementedError, match="with residual structures"):
+            call()
+    wald = result.confint(method="wald")
+    z = norm.ppf(0.975)
+    np.testing.assert_allclose(wald.loc[result.fixef.index, "lower"], result.fixef - z * result.se, rtol=1e-12)
