@@ -31,7 +31,7 @@ from .term_select import dense_z, find_term, term_label
 
 
 def _check_supported(result, index: int) -> None:
-    if hasattr(result.model, "residual_shape"):
+    if hasattr(getattr(result, "model", result), "residual_shape"):  # a fit, or a Model
         raise NotImplementedError("rlrt with residual structures (correlation= or a weights= variance "
                                   "function) is not implemented: its null law assumes ε ~ N(0, σ²I)")
     if result.method != "REML":
