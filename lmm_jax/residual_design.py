@@ -173,7 +173,7 @@ def build_correlation(frame: pd.DataFrame, spec: StructureSpec | None):
             raise FormulaError(f"{spec.text!r}: the exponential correlation needs coordinates (~ x + y | g)")
         coords = np.stack([_numeric(frame, c, spec)[index] for c in spec.covariates], axis=-1)
         coords = np.where(mask[:, :, None], coords, 0.0)
-        return rs.Exponential(_typical_distance(coords, mask), _flag(spec, "nugget")), index, mask, coords
+        return rs.Exponential(_typical_distance(coords, mask, spec), _flag(spec, "nugget")), index, mask, coords
     if spec.kind == "cs":
         if spec.covariates:
             raise FormulaError(f"{spec.text!r}: compound symmetry takes no covariate (~ 1 | g)")
@@ -192,11 +192,18 @@ def build_correlation(frame: pd.DataFrame, spec: StructureSpec | None):
     return structure, index, mask, positions[:, :, None]
 
 
-def _typical_distance(coords: np.ndarray, mask: np.ndarray) -> float:
-    """The median positive within-group distance (the exponential range's starting value)."""
+def _typical_distance(coords: np.ndarray, mask: np.ndarray, spec: StructureSpec) -> float:
+    """The median within-group distance (the exponential range's starting value). Two rows
+    of a group at one location are an error, as in nlme ("cannot have zero distances in
+    corSpatial"): the correlation matrix would be singular (without a nugget the fit came
+    back all NaN, silently)."""
     d = np.sqrt(((coords[:, :, None, :] - coords[:, None, :, :]) ** 2).sum(-1))
-    pairs = mask[:, :, None] & mask[:, None, :]
-    positive = d[pairs & (d > 0)]
+    pairs = mask[:, :, None] & mask[:, None, :] & ~np.eye(mask.shape[1], dtype=bool)
+    if np.any(pairs & (d == 0)):
+        group = int(np.flatnonzero(np.any(pairs & (d == 0), axis=(1, 2)))[0])
+        raise DataError(f"{spec.text!r}: two rows of correlation group {group + 1} have the same location "
+                        "(zero distance); the exponential correlation needs distinct locations within a group")
+    positive = d[pairs]
     if positive.size == 0:
         raise DataError("the exponential correlation needs two distinct locations within a group")
     return float(np.median(positive))

@@ -308,9 +308,15 @@ def test_matches_rscript_nlme(name):
     (dict(correlation="exp(~ sx | g, nuget=True)"), "unknown option"),
     (dict(weights="power(~ zero)"), "has zeros"),
     (dict(weights="ident(~ 1 | g, x=1)"), "unknown option"),
+    # nlme: "cannot have zero distances in corSpatial"; without a nugget the fit was all NaN
+    (dict(correlation="exp(~ sx_twice + sy_twice | g)"), "same location"),
+    (dict(correlation="exp(~ sx_twice + sy_twice | g, nugget=True)"), "same location"),
 ])
 def test_bad_structures_are_clear_errors(kwargs, message):
     data = SMALL.assign(zero=0.0)
+    data = data.assign(sx_twice=np.where(data.index == 1, data["sx"].iloc[0], data["sx"]),
+                       sy_twice=np.where(data.index == 1, data["sy"].iloc[0], data["sy"]))
+    assert data["g"].iloc[0] == data["g"].iloc[1]  # rows 0 and 1 share a group and now a location
     with pytest.raises(ValueError, match=message):
         lmm_jax.fit("y_car ~ x", data, **kwargs)
 
