@@ -209,8 +209,9 @@ def _typical_distance(coords: np.ndarray, mask: np.ndarray, spec: StructureSpec)
     return float(np.median(positive))
 
 
-def build_variance(frame: pd.DataFrame, spec: StructureSpec | None):
-    """-> (VarianceFunction, codes (n,), covariate (n,))."""
+def build_variance(frame: pd.DataFrame, spec: StructureSpec | None, row_order: np.ndarray | None = None):
+    """-> (VarianceFunction, codes (n,), covariate (n,)). `row_order`: the order in which
+    nlme meets the rows (`nlme_row_order`), which decides varIdent's reference level."""
     n = len(frame)
     codes, covariate = np.zeros(n, dtype=np.int32), np.ones(n)
     if spec is None:
@@ -220,7 +221,7 @@ def build_variance(frame: pd.DataFrame, spec: StructureSpec | None):
     if spec.kind == "ident":
         if spec.covariates or len(spec.groups) != 1:
             raise FormulaError(f"{spec.text!r}: write varIdent as ident(~ 1 | factor)")
-        labels, codes = _in_order_of_appearance(*factor_codes(_column(frame, spec.groups[0], spec)))
+        labels, codes = _in_order_of_appearance(*factor_codes(_column(frame, spec.groups[0], spec)), row_order)
         if len(labels) < 2:
             raise DataError(f"{spec.text!r}: factor {spec.groups[0]!r} has only one level")
         return rs.IdentVariance(tuple(labels)), np.asarray(codes, dtype=np.int32), covariate
@@ -232,12 +233,28 @@ def build_variance(frame: pd.DataFrame, spec: StructureSpec | None):
     return rs.PowerVariance(), codes, covariate
 
 
-def _in_order_of_appearance(labels: list[str], codes: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """Levels ordered by their first row, as nlme's varIdent orders its strata
-    (`unique(strata)`), so its first stratum, the reference of the SD ratios, is the level of
-    the data's first row: Orthodont's Sex gives Male first (nlme 3.1-162: sigma 2.488,
-    Female/Male 1.049), where the sorted levels gave Female (sigma 2.609, Male 0.954)."""
-    appearance = pd.unique(codes)
+def nlme_row_order(design: Design, frame: pd.DataFrame, correlation: StructureSpec | None) -> np.ndarray | None:
+    """The order of the rows as nlme holds them, None for the data's own: lme sorts the rows
+    by its grouping factors, outermost first (`order(grps)`), gls by the correlation's
+    grouping factor when it has one; both keep the data's order within a group. Levels sort
+    as the terms' codes do (R's factor levels)."""
+    if design.terms:
+        outer_first = sorted(design.terms, key=lambda term: term.n_levels)
+        return np.lexsort([term.codes for term in reversed(outer_first)])  # lexsort: last key first
+    if correlation is not None and correlation.groups:
+        return np.argsort(group_codes(frame, correlation), kind="stable")
+    return None
+
+
+def _in_order_of_appearance(labels: list[str], codes: np.ndarray,
+                            row_order: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+    """Levels ordered by their first row in `row_order` (`nlme_row_order`), as nlme's varIdent
+    orders its strata (`unique(strata)`), so its first stratum, the reference of the SD
+    ratios, is the level of the first row nlme meets. gls of Orthodont: Male first (nlme
+    3.1-162: sigma 2.488, Female/Male 1.049), where the sorted levels gave Female (sigma
+    2.609, Male 0.954); lme with (1 | Subject): the rows sorted by Subject, F01 first, so
+    Female."""
+    appearance = pd.unique(codes if row_order is None else codes[row_order])
     rank = np.empty(len(labels), dtype=np.int64)
     rank[appearance] = np.arange(len(appearance))
     return [labels[i] for i in appearance], rank[codes]

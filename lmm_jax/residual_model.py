@@ -32,7 +32,8 @@ from .exported_programs import cached_call
 from .likelihood import profiled_deviance, profiled_sigma2
 from .model import FitParams, Model, fits_as_host_arguments, minimize_with_boundary
 from .residual_design import (CORRELATIONS, VARIANCES, ResidualArrays, build_correlation, build_variance,
-                              check_nested, inherit_grouping, parse_structure, used_rows)
+                              check_nested, inherit_grouping, nlme_row_order, parse_structure,
+                              used_rows)
 from .residual_evaluator import (ResidualShape, dense_residual_profile, residual_post_fit,
                                  residual_profile)
 from .results import FitResult
@@ -85,7 +86,7 @@ class ResidualModel(Model):
         structure, index, mask, coords = build_correlation(frame, cor_spec)
         if cor_spec is not None:
             check_nested(design, index, mask, cor_spec)
-        var_fn, var_codes, covariate = build_variance(frame, var_spec)
+        var_fn, var_codes, covariate = build_variance(frame, var_spec, nlme_row_order(design, frame, cor_spec))
         self.correlation_spec, self.variance_spec = cor_spec, var_spec
         self.residual_shape = ResidualShape(self.shape, structure, var_fn)
         self.host_residual_arrays = ResidualArrays(*(np.array(a) for a in (index, mask, coords, var_codes,

@@ -103,5 +103,5 @@ def test_a_residual_fit_from_the_host_arrays_equals_one_from_the_device_arrays()
     assert rebuilt.variance_function == from_host.variance_function
     a_cor, a_var = np.asarray(from_host.params.residual)
     np.testing.assert_allclose(from_host.correlation_parameters, [np.tanh(a_cor)], rtol=1e-15)
-    assert list(from_host.variance_function) == ["Male", "Female"]  # nlme's order: Orthodont's first row is Male
+    assert list(from_host.variance_function) == ["Female", "Male"]  # nlme's: lme sorts rows by Subject, F01 first
     np.testing.assert_allclose(list(from_host.variance_function.values()), [1.0, np.exp(a_var)], rtol=1e-15)

@@ -434,3 +434,29 @@ def test_methods_written_for_the_plain_model_refuse_residual_structures():
     wald = result.confint(method="wald")
     z = norm.ppf(0.975)
     np.testing.assert_allclose(wald.loc[result.fixef.index, "lower"], result.fixef - z * result.se, rtol=1e-12)
+
+
+# nlme 3.1-162 on the bundled orthodont.csv (read.csv(stringsAsFactors = TRUE)):
+# lme(distance ~ age, random = ~ 1 | Subject, weights = varIdent(form = ~ 1 | Sex)) and
+# gls(distance ~ age, correlation = corSymm(form = ~ occ | Subject), weights = varIdent(~ 1 | Sex)),
+# occ = (age - 8) / 2 + 1: m$sigma, coef(varStruct, unconstrained = FALSE), logLik
+ORTHODONT_GROUPED_VARIDENT = {
+    "lme": ("distance ~ age + (1 | Subject)", None, 0.799687985119, 2.20571145118, -214.906978413),
+    "gls_un": ("distance ~ age", "un(~ occ | Subject)", 1.87834731475, 1.80939234858, -214.310729715),
+}
+
+
+@pytest.mark.parametrize("name", list(ORTHODONT_GROUPED_VARIDENT))
+def test_varident_reference_level_follows_nlmes_grouped_row_order(name):
+    """lme sorts the rows by its grouping factors before varIdent takes its strata, and gls
+    by the correlation's groups: the reference is the level of the first row in that order
+    (subject F01: Female), not of the data's first row (Male), so sigma was 1.764 against
+    nlme's 0.800 in the lme fit (found by an audit)."""
+    formula, correlation, sigma, male_ratio, loglik = ORTHODONT_GROUPED_VARIDENT[name]
+    data = lmm_jax.datasets.load("orthodont")
+    data = data.assign(occ=((data["age"] - 8) // 2 + 1).astype(int))
+    result = lmm_jax.fit(formula, data, correlation=correlation, weights="ident(~ 1 | Sex)")
+    assert list(result.variance_function) == ["Female", "Male"]
+    np.testing.assert_allclose(result.sigma, sigma, rtol=1e-5)
+    np.testing.assert_allclose(result.variance_function["Male"], male_ratio, rtol=1e-5)
+    np.testing.assert_allclose(result.loglik, loglik, rtol=1e-9)
