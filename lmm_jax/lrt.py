@@ -97,9 +97,19 @@ def lrt(reduced, full) -> dict:
     df = full.df_model - reduced.df_model
     p_naive = float(stats.chi2.sf(max(statistic, 0.0), df))
     weights, why = variance_mixture(reduced.design, full.design)
-    if weights is not None and max(weights) != df:
+    if _residual_parameters(full) != _residual_parameters(reduced):
+        weights, why = None, ("the fits' residual structures (correlation= / weights= variance "
+                              "functions) differ: no boundary mixture is derived for their parameters; "
+                              "p_value is the naive χ²(df), as nlme's anova()")
+    elif weights is not None and max(weights) != df:
         weights, why = None, f"{why}; its largest degrees of freedom differ from df = {df}: not applied"
     p_boundary = None if weights is None else mixture_p_value(statistic, weights)
     return {"statistic": float(statistic), "df": int(df), "p_value": p_naive,
             "p_value_boundary": p_boundary, "mixture": why, "method": full.method,
             "loglik_reduced": reduced.loglik, "loglik_full": full.loglik}
+
+
+def _residual_parameters(result) -> int:
+    """The number of residual-structure parameters of a fit (0 without structures)."""
+    shape = getattr(result.model, "residual_shape", None)
+    return 0 if shape is None else int(shape.n_residual)

@@ -293,3 +293,20 @@ def test_linear_model_as_the_null_of_an_lrt():
     out = lmm_jax.lrt(reduced, lmm_jax.fit("Yield ~ 1 + (1 | Batch)", data, method="ML"))
     assert abs(out["statistic"] - 2 * (load_case("dyestuff_ml")["loglik"] + 166.364942987)) < 2e-4
     assert out["df"] == 1 and abs(out["p_value_boundary"] - out["p_value"] / 2) < 1e-12
+
+
+def test_lrt_of_fits_whose_residual_structures_differ_says_so():
+    """gls against gls + car1: the mixture text read "χ²(0): no variance on the boundary ();
+    its largest degrees of freedom differ from df = 1: not applied" (an audit); it now says
+    that no boundary mixture is derived for residual-structure parameters, and the naive p is
+    nlme's anova()'s."""
+    from scipy import stats
+
+    data = lmm_jax.datasets.load("bodyweight")
+    plain = lmm_jax.fit("weight ~ Time * Diet", data)
+    car1 = lmm_jax.fit("weight ~ Time * Diet", data, correlation="car1(~ Time | Rat)")
+    out = lmm_jax.lrt(plain, car1)
+    assert out["df"] == 1 and out["p_value_boundary"] is None
+    assert "residual structures" in out["mixture"] and "χ²(0)" not in out["mixture"]
+    assert out["p_value"] == pytest.approx(stats.chi2.sf(out["statistic"], 1), rel=1e-12)
+    assert out["statistic"] == pytest.approx(2 * (car1.loglik - plain.loglik), rel=1e-12)
