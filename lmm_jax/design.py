@@ -81,6 +81,7 @@ class Design:
     fixed_spec: object = field(repr=False, compare=False)
     dropped_columns: tuple[str, ...] = ()
     row_positions: np.ndarray = field(default=None, repr=False, compare=False)  # kept rows' positions in data
+    weights_name: str | None = None  # prior weights: the column's name, "(an array)", or None without
 
     @property
     def nobs(self) -> int:
@@ -145,8 +146,9 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
                            "lmm_jax needs at least one fixed-effect column: keep the intercept or add a covariate")
     if not known_scale:
         _check_sizes(terms, y.shape[0], parsed)
+    weights_name = None if weights is None else (weights if isinstance(weights, str) else "(an array)")
     return Design(parsed, y, X, tuple(names), tuple(terms), prior_weights, n_dropped, spec,
-                  tuple(dropped), kept)
+                  tuple(dropped), kept, weights_name)
 
 
 def _as_frame(data) -> pd.DataFrame:

@@ -22,6 +22,8 @@ def _header(result) -> str:
              f"Formula: {result.design.formula.text}"]
     if result.model.data_name:
         lines.append(f"   Data: {result.model.data_name}")
+    if result.design.weights_name is not None and not result.model.shape.known_scale:
+        lines.append(f"Weights: {result.design.weights_name}")  # as lme4 prints the weights argument
     return "\n".join(lines) + "\n"
 
 

@@ -61,3 +61,14 @@ def test_fixed_effect_correlation_headings_are_distinct():
     assert len(headings) == 10 and len(set(headings)) == 10
     big = lmm_jax.fit("weight ~ factor(Time) + Diet + (1 | Rat)", data).summary()
     assert "Correlation matrix not shown by default, as p = 13 > 12." in big
+
+
+def test_summary_of_a_weighted_fit_names_its_weights(sleepstudy):
+    """lme4 1.1-31 prints 'Weights: w' under the formula (its REML criterion here 1734.3)."""
+    import numpy as np
+
+    data = sleepstudy.assign(w=np.linspace(0.5, 2.0, len(sleepstudy)))
+    text = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", data, weights="w", data_name="d").summary()
+    assert "   Data: d\nWeights: w\n\nREML criterion at convergence: 1734.3\n" in text
+    plain = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", sleepstudy).summary()
+    assert "Weights:" not in plain
