@@ -74,16 +74,21 @@ def zapsmall(values, digits: int) -> np.ndarray:
 
 
 def abbreviate(name: str, length: int) -> str:
-    """R's `abbreviate(name, length)` of one name as lme4's tables use it: drop lower-case
-    vowels from the right, then lower-case letters, then truncate ('(Intercept)' -> '(Intr)')."""
-    chars = list(name)
-    for removable in ("aeiou", "abcdefghijklmnopqrstuvwxyz"):
+    """R's `abbreviate(name, length)` of one name (its C routine `stripchars`): spaces do not
+    count towards the length; from the right, drop lower-case vowels, then lower-case
+    letters, then any character, never the first of a word; spaces go last if the result is
+    still too long ('(Intercept)' -> '(Intr)', 'I(Days ** 2)' -> 'I(D**2')."""
+    chars = list(name.strip())
+    passes = (lambda c: c in "aeiou", lambda c: "a" <= c <= "z", lambda c: c != " ")
+    for removable in passes:
         i = len(chars) - 1
-        while len(chars) > length and i > 0:
-            if chars[i] in removable:
+        while len(chars) - chars.count(" ") > length and i > 0:
+            if removable(chars[i]) and chars[i] != " " and chars[i - 1] != " ":  # not a word's first
                 del chars[i]
             i -= 1
-    return "".join(chars[:max(length, 0)]) if len(chars) > length else "".join(chars)
+    if len(chars) > length:
+        chars = chars[:1] + [c for c in chars[1:] if c != " "]
+    return "".join(chars)
 
 
 def abbreviate_unique(names, minlength: int) -> list[str]:
