@@ -27,6 +27,8 @@ from .bootstrap import BOOT_TYPES, bootstrap_limits, bootstrap_replicates
 from .exported_programs import cached_call
 from .profile import NOT_CONVERGED, STATUS_MESSAGES, ml_estimates, profile_limits, sdcor_estimates
 from .sdcor import check_structures, n_variance, parameter_bounds, parameter_names, theta_to_sdcor
+from .structure_report import theta_names
+from .structures import CholeskyFactor
 
 METHODS = ("profile", "wald", "bootstrap")
 _ALIASES = {"boot": "bootstrap"}
@@ -78,8 +80,9 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 50
     if boot_type not in BOOT_TYPES:
         raise ValueError(f"boot_type must be one of {BOOT_TYPES}, got {boot_type!r}")
     shape = result.model.shape
-    check_structures(shape)
-    names = parameter_names(result.design, shape)
+    if method != "wald":  # Wald's intervals of β need only Var(β̂), whatever the structures
+        check_structures(shape, f"confint(method={method!r})")
+    names = _names(result.design, shape)
     rows = select_parameters(names, n_variance(shape), parm)
     z = float(norm.ppf(0.5 + level / 2.0))
     attrs = {"method": method, "level": level}
@@ -99,6 +102,14 @@ def confint(result, method: str = "profile", level: float = 0.95, nsim: int = 50
                          index=pd.Index([names[i] for i in rows]))
     frame.attrs.update(attrs)
     return frame
+
+
+def _names(design, shape) -> list[str]:
+    """lme4's row names (`sdcor.parameter_names`); for other structures (Wald only) their θ
+    names (`structure_report.theta_names`), sigma and the fixed effects."""
+    if all(isinstance(s, CholeskyFactor) for s in shape.structures):
+        return parameter_names(design, shape)
+    return theta_names(design.terms) + ([] if shape.known_scale else ["sigma"]) + list(design.fixed_names)
 
 
 def _bootstrap(result, replicates: np.ndarray, level: float, boot_type: str):

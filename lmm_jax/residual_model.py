@@ -252,29 +252,33 @@ class ResidualFitResult(FitResult):
     # model without its residual structures, a silently wrong number (an audit: anova()'s F
     # 24.46 where (β̂/SE)² and nlme give 33.02), or crash deep inside. They refuse instead.
     def influence(self) -> dict:
-        raise not_with_residual_structures("influence()")
+        raise self._not_implemented("influence()")
 
     def variance_components(self):
-        raise not_with_residual_structures("variance_components()")
+        raise self._not_implemented("variance_components()")
 
     def fisher_information(self, kind: str = "expected"):
-        raise not_with_residual_structures("fisher_information()")
+        raise self._not_implemented("fisher_information()")
 
     def robust_vcov(self) -> dict:
-        raise not_with_residual_structures("robust_vcov()")
+        raise self._not_implemented("robust_vcov()")
 
     def small_sample_terms(self):
-        raise not_with_residual_structures("Satterthwaite and Kenward-Roger tests (test(), anova())",
-                                           "the SEs of summary() and vcov, and confint(method='wald'), hold")
+        raise self._not_implemented("Satterthwaite and Kenward-Roger tests (test(), anova())",
+                                    "the SEs of summary() and vcov, and confint(method='wald'), hold")
 
     def confint(self, method: str = "profile", *args, **kwargs):
         if str(method).lower() != "wald":
-            raise not_with_residual_structures(f"confint(method={method!r})", "method='wald' gives β's intervals")
+            raise self._not_implemented(f"confint(method={method!r})", "method='wald' gives β's intervals")
         return super().confint(method, *args, **kwargs)
 
-
-def not_with_residual_structures(what: str, instead: str = "") -> NotImplementedError:
-    """The error of a method that does not take residual structures into account."""
-    return NotImplementedError(f"{what} with residual structures (correlation= or a weights= variance "
-                               "function) is not implemented: it would use the model without them"
-                               + (f"; {instead}" if instead else ""))
+    def _not_implemented(self, what: str, instead: str = "") -> NotImplementedError:
+        """The error of a method written for V₀ = ZΛΛ'Z' + I: with residual structures it
+        would use the model without them; a linear model (no random terms, no structures)
+        is fitted on this path too, and those methods are not written for it either."""
+        if self.model.correlation_spec is None and self.model.variance_spec is None:
+            where = "for a linear model without random terms (lmm_jax fits it as a gls) is not implemented"
+        else:
+            where = ("with residual structures (correlation= or a weights= variance function) is not "
+                     "implemented: it would use the model without them")
+        return NotImplementedError(f"{what} {where}" + (f"; {instead}" if instead else ""))

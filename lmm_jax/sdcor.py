@@ -30,12 +30,13 @@ from .small_linalg import small_cholesky
 from .structures import CholeskyFactor
 
 
-def check_structures(shape: ModelShape) -> None:
+def check_structures(shape: ModelShape, what: str = "profiles") -> None:
     """The sd/cor scale is defined here for lme4's unstructured (Cholesky) terms only."""
     for s in shape.structures:
         if not isinstance(s, CholeskyFactor):
-            raise NotImplementedError(f"profiles are defined for lme4's unstructured terms only, "
-                                      f"got {type(s).__name__}")
+            raise NotImplementedError(f"{what}: defined for lme4's unstructured terms only, got "
+                                      f"{type(s).__name__}; confint(method='wald') gives the fixed effects' "
+                                      "intervals")
 
 
 def n_variance(shape: ModelShape) -> int:

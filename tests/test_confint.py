@@ -177,3 +177,24 @@ def test_profile_is_scale_equivariant(sleepstudy, k):
     pd.testing.assert_frame_equal(ci / k, base, check_exact=False, rtol=1e-8, check_flags=False)
     pd.testing.assert_frame_equal(ci / k, SLEEP_INTERCEPT_PROFILE, check_exact=False, rtol=1e-5,
                                   check_flags=False)
+
+
+def test_wald_intervals_of_structured_and_plain_linear_fits():
+    """confint(method='wald') needs only Var(β̂), yet a cs/diag/known-K fit refused it with a
+    message about profiles, and a linear model's profile refusal spoke of residual
+    structures it did not have (found by an audit)."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.975)
+    pastes = lmm_jax.datasets.load("pastes")
+    structured = lmm_jax.fit("strength ~ 1 + cs(0 + cask | batch)", pastes)
+    wald = structured.confint(method="wald")
+    assert wald.loc["(Intercept)", "lower"] == pytest.approx(structured.fixef.iloc[0] - z * structured.se.iloc[0])
+    assert wald.iloc[:-1].isna().all().all()  # the variance parameters: NaN, as lme4's Wald
+    with pytest.raises(NotImplementedError, match="confint\\(method='profile'\\): defined for lme4's unstructured"):
+        structured.confint()
+    linear = lmm_jax.fit("Reaction ~ Days", lmm_jax.datasets.load("sleepstudy"))
+    with pytest.raises(NotImplementedError, match="for a linear model without random terms"):
+        linear.confint()
+    assert linear.confint(method="wald").loc["Days", "upper"] == pytest.approx(
+        linear.fixef["Days"] + z * linear.se["Days"])
