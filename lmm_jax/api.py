@@ -39,15 +39,19 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
 
         variance = weights if looks_like_structure(weights) else None
         prior = None if variance is not None else weights
-        return _told_if_singular(ResidualModel.from_formula(formula, data, method, prior, data_name,
+        return _told_of_problems(ResidualModel.from_formula(formula, data, method, prior, data_name,
                                                             correlation, variance).fit())
-    return _told_if_singular(Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
+    return _told_of_problems(Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
                                                 known=known).fit())
 
 
-def _told_if_singular(result):
-    """lme4's message at fit time, as a warning: a variance estimated as 0 (or a correlation
-    as ±1) makes the fit singular, which users should know before reading its numbers."""
+def _told_of_problems(result):
+    """lme4's messages at fit time, as warnings: a fit that did not converge, and a singular
+    one (a variance estimated as 0, or a correlation as ±1), which users should know before
+    reading its numbers."""
+    if not result.converged:
+        warnings.warn(f"the fit did not converge ({result.convergence_message}); its estimates are "
+                      "not an optimum of the criterion", stacklevel=3)
     if result.singular:
         warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation "
                       "as +-1 (lme4's isSingular; result.singular)", stacklevel=3)

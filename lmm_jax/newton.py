@@ -57,7 +57,7 @@ STATUS_MESSAGES = {
     CONVERGED_GRADIENT: "converged: gradient or Newton step below tolerance",
     CONVERGED_NO_PROGRESS: "converged: no further decrease possible at machine precision",
     MAX_ITERATIONS: "stopped: maximum number of iterations reached",
-    NOT_FINITE: "failed: the objective is not finite at the starting values",
+    NOT_FINITE: "failed: the objective or its derivatives are not finite at the starting values",
     EXACT_FIT: "not fitted: the fixed effects fit the response exactly (zero residuals)",
 }
 
@@ -246,7 +246,9 @@ def minimize(f: Callable, x0: jnp.ndarray, free: jnp.ndarray | None = None, *,
         length = jnp.linalg.norm(direction)
         predicted = -(s.grad @ direction + 0.5 * direction @ s.hess @ direction)
         value, grad, hess = masked(*evaluate(s.x + direction))
-        ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+        # a non-finite Hessian (a custom structure's rho ** lag at rho = 0 under autodiff) made
+        # every later step NaN: the loop stalled at the start until maxiter
+        ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad)) & (hess is None or jnp.all(jnp.isfinite(hess)))
         ratio = jnp.where(ok, (s.fun - value) / jnp.maximum(predicted, 1e-300), -jnp.inf)
         accept = ((ratio > 1e-4) & ~probing) | ~started
         radius = jnp.where(ratio < 0.25, 0.25 * length,

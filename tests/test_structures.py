@@ -326,3 +326,22 @@ def test_known_matrix_errors(known, message):
         lmm_jax.Model.from_formula("y ~ x + (1 | id)", frame, known=known)
     with pytest.raises(ValueError, match="random intercept"):
         lmm_jax.Model.from_formula("y ~ x + (x | id)", frame, known={"id": np.eye(40)})
+
+
+def test_a_structure_with_a_non_finite_hessian_at_its_start_fails_clearly():
+    """rho ** lag at rho = 0 has a NaN Hessian under autodiff (0 ** 0): the Newton loop took
+    NaN steps from the start until its 200 iterations were spent, and the fit reported
+    "maximum number of iterations" with no warning (an audit). Now the start is reported as
+    not finite, with a warning from lmm_jax.fit; the built-in ar1 fits the same model."""
+    def ar1_by_powers(params, dim):
+        lag = jnp.abs(jnp.arange(dim)[:, None] - jnp.arange(dim)[None, :])
+        return params[0] ** 2 * jnp.tanh(params[1]) ** lag
+
+    lmm_jax.register_structure("ar1_by_powers", lmm_jax.structure_from_function(
+        ar1_by_powers, 2, initial=(1.0, 0.0), scale_parameters=(0,)))
+    data = lmm_jax.datasets.load("bodyweight")
+    with pytest.warns(UserWarning, match="did not converge .*not finite at the starting values"):
+        result = lmm_jax.fit("weight ~ Time * Diet + ar1_by_powers(0 + C(Time) | Rat)", data)
+    assert not result.converged
+    builtin = lmm_jax.fit("weight ~ Time * Diet + ar1(0 + C(Time) | Rat)", data)
+    assert builtin.converged and builtin.loglik == pytest.approx(-566.3782238550, rel=1e-9)
