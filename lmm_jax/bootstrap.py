@@ -106,7 +106,9 @@ def bootstrap_limits(replicates: np.ndarray, estimate: np.ndarray, level: float,
         logbasic: basic on log ψ for the `positive` columns (SDs, σ):
                   [ψ̂²/q_{1-a}, ψ̂²/q_a]; basic elsewhere
 
-    `bounded` columns (correlations) are clipped to [-1, 1]. Percentile intervals
+    Where q_a of a positive column is 0 (at least a share a of the refits singular), the
+    log-scale upper limit is +∞ (`confint` warns). `bounded` columns (correlations) are clipped
+    to [-1, 1]. Percentile intervals
     reproduce the estimator's bias and skew; for a random-intercept SD from 20 groups they
     cover 90% at a nominal 95%, the log-scale basic interval 96.6% (tests/test_confint_coverage.py).
     """

@@ -119,9 +119,14 @@ def _bootstrap(result, replicates: np.ndarray, level: float, boot_type: str):
     variance = np.asarray(theta_to_sdcor(params.theta, np.sqrt(params.sigma2), shape))
     estimate = np.concatenate([variance[:n_variance(shape)], np.asarray(params.beta)])
     lower_bound, upper_bound = parameter_bounds(shape, len(params.beta))
-    return bootstrap_limits(replicates, estimate, level, boot_type,
-                            positive=(lower_bound == 0) & np.isinf(upper_bound),
-                            bounded=(lower_bound == -1) & (upper_bound == 1))
+    lower, upper = bootstrap_limits(replicates, estimate, level, boot_type,
+                                    positive=(lower_bound == 0) & np.isinf(upper_bound),
+                                    bounded=(lower_bound == -1) & (upper_bound == 1))
+    if np.isinf(upper).any():
+        warnings.warn("boot_type='logbasic': an SD's lower bootstrap quantile is 0 (singular refits), so its "
+                      "upper limit on the log scale is infinite; boot_type='perc' or 'basic' give finite ones",
+                      RuntimeWarning, stacklevel=4)
+    return lower, upper
 
 
 def _wald(result, z: float, n_var: int):

@@ -198,3 +198,17 @@ def test_wald_intervals_of_structured_and_plain_linear_fits():
         linear.confint()
     assert linear.confint(method="wald").loc["Days", "upper"] == pytest.approx(
         linear.fixef["Days"] + z * linear.se["Days"])
+
+
+def test_logbasic_bootstrap_warns_of_an_infinite_upper_limit():
+    """Dyestuff2's batch SD is 0 and so are many refits': on the log scale ψ̂²/q_a has q_a = 0,
+    an infinite upper limit that came back without a word (an audit)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the singular fit's own warning
+        result = lmm_jax.fit("Yield ~ 1 + (1 | Batch)", lmm_jax.datasets.load("dyestuff2"))
+    with pytest.warns(RuntimeWarning, match="upper limit on the log scale is infinite"):
+        limits = result.confint(method="bootstrap", nsim=40, boot_type="logbasic", progress=False)
+    assert np.isinf(limits.loc["sd_(Intercept)|Batch", "upper"])
+    assert np.isfinite(limits.loc["sigma"]).all()
