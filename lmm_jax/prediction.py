@@ -21,6 +21,11 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     if newdata is None:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
     frame = as_factors(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
+    complete = _complete_rows(result, frame, random_effects)
+    if not complete.all():  # lme4's predict (na.action = na.pass): NA where a covariate is missing
+        out = np.full(len(frame), np.nan)
+        out[complete] = predict(result, frame.loc[complete], random_effects) if complete.any() else []
+        return out
     X = _matrix(design.fixed_spec, frame, "fixed part")
     names = [("(Intercept)" if c == "Intercept" else c) for c in X.model_spec.column_names]
     keep = [names.index(n) for n in design.fixed_names]
@@ -39,6 +44,15 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
         effects = np.where((index >= 0)[:, None], modes[np.maximum(index, 0)], 0.0)
         out = out + np.sum(values * effects, axis=1)
     return out
+
+
+def _complete_rows(result, frame: pd.DataFrame, random_effects: bool) -> np.ndarray:
+    """Rows of newdata with every covariate the fixed part (and, with `random_effects`, the
+    random terms' expressions) reads present. A missing grouping value is no missing
+    covariate: as in lme4, its row gets the population prediction (an unseen level)."""
+    specs = [result.design.fixed_spec] + ([t.model_spec for t in result.report_terms] if random_effects else [])
+    variables = sorted({v for spec in specs for v in spec.required_variables if v in frame.columns}, key=str)
+    return ~frame[variables].isna().any(axis=1).to_numpy() if variables else np.ones(len(frame), bool)
 
 
 def _matrix(model_spec, frame: pd.DataFrame, where: str):

@@ -92,3 +92,16 @@ def test_predict_refuses_categorical_values_the_fit_did_not_have(sleepstudy):
     np.testing.assert_allclose(given.predict(inside, random_effects=False), [b0, b0 + b2, b0 + b2], rtol=1e-12)
     with pytest.raises(lmm_jax.DataError, match=r"column 'Days' has value\(s\) \['0'\]"):
         given.predict(data.head(3).assign(Days=[0, 1, 2]))
+
+
+def test_predict_gives_nan_where_a_covariate_is_missing(sleepstudy):
+    """lme4 1.1-31 (predict.merMod, na.action = na.pass) on Days = (1, NA, 3, 4), Subject =
+    ("308", "308", NA, "999"): 273.3299, NA, 282.8070, 293.2742, and with re.form = NA
+    261.8724, NA, 282.8070, 293.2742; formulaic's "contains null values" error before (an
+    audit). A missing grouping value is an unseen level: the population prediction."""
+    result = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    newdata = pd.DataFrame({"Days": [1, np.nan, 3, 4], "Subject": ["308", "308", None, "999"]})
+    np.testing.assert_allclose(result.predict(newdata), [273.3299, np.nan, 282.8070, 293.2742], atol=1e-4)
+    np.testing.assert_allclose(result.predict(newdata, random_effects=False),
+                               [261.8724, np.nan, 282.8070, 293.2742], atol=1e-4)
+    assert np.isnan(result.predict(newdata.iloc[[1]])).all()
