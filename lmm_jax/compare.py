@@ -7,7 +7,10 @@ Rows are ordered by the number of parameters (npar = `df_model`); for row i > 1
 (the naive χ² p-value; `lrt` gives the boundary-corrected one). As lme4 does, REML fits
 are first refitted with ML ("refitting model(s) with ML (instead of REML)", issued as a
 warning), since restricted likelihoods of models with different fixed effects are not
-comparable; AIC, BIC, logLik and deviance are then those of the ML fits.
+comparable; AIC, BIC, logLik and deviance are then those of the ML fits. With
+`refit=False` (lme4's anova(..., refit = FALSE)) REML fits with the same fixed effects are
+compared as they are, as nlme's anova() compares gls/lme fits of different variance or
+correlation structures.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _check_same_data(results) -> None:
                              "response): they cannot be compared")
 
 
-def compare(*results, names=None) -> pd.DataFrame:
+def compare(*results, names=None, refit: bool = True) -> pd.DataFrame:
     """lme4's anova(m1, m2, ...) of two or more `FitResult` of the same data.
 
     >>> import lmm_jax
@@ -57,13 +60,16 @@ def compare(*results, names=None) -> pd.DataFrame:
 
     Returns a DataFrame indexed by `names` (default: the formulas), with columns npar,
     AIC, BIC, logLik, deviance, Chisq, Df, Pr(>Chisq); `.attrs["refitted"]` says whether
-    REML fits were refitted with ML (a warning says so too).
+    REML fits were refitted with ML (a warning says so too). `refit=False`: REML fits are
+    compared as fitted, which needs the same method and the same fixed effects in all.
     """
     if len(results) < 2:
         raise ValueError("compare needs at least two fitted models")
     labels = _names(results, names)
     _check_same_data(results)
-    refitted = any(r.method == "REML" for r in results)
+    if not refit:
+        _check_comparable_as_fitted(results)
+    refitted = refit and any(r.method == "REML" for r in results)
     if refitted:
         warnings.warn(REFIT_MESSAGE, UserWarning, stacklevel=2)
         results = [refit_ml(r) if r.method == "REML" else r for r in results]
@@ -71,6 +77,18 @@ def compare(*results, names=None) -> pd.DataFrame:
     table = _table([results[i] for i in order], [labels[i] for i in order])
     table.attrs["refitted"] = refitted
     return table
+
+
+def _check_comparable_as_fitted(results) -> None:
+    """`refit=False`: restricted likelihoods compare only between REML fits with the same X."""
+    methods = {r.method for r in results}
+    if len(methods) > 1:
+        raise ValueError(f"refit=False compares fits as fitted, but they use different methods {sorted(methods)}")
+    first = results[0].design.X
+    if methods == {"REML"} and any(r.design.X.shape != first.shape or not np.allclose(r.design.X, first)
+                                   for r in results[1:]):
+        raise ValueError("refit=False: the REML fits have different fixed effects, so their restricted "
+                         "likelihoods are not comparable; use refit=True (ML refits)")
 
 
 def _table(results, labels) -> pd.DataFrame:

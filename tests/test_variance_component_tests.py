@@ -9,6 +9,8 @@ correct simulation fails that check with probability about 6e-5.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -310,3 +312,28 @@ def test_lrt_of_fits_whose_residual_structures_differ_says_so():
     assert "residual structures" in out["mixture"] and "χ²(0)" not in out["mixture"]
     assert out["p_value"] == pytest.approx(stats.chi2.sf(out["statistic"], 1), rel=1e-12)
     assert out["statistic"] == pytest.approx(2 * (car1.loglik - plain.loglik), rel=1e-12)
+
+
+# nlme 3.1-162: anova(gls(weight ~ Time * Diet, BodyWeight),
+#                     gls(weight ~ Time * Diet, BodyWeight, correlation = corCAR1(form = ~ Time | Rat)))
+BODYWEIGHT_GLS_ANOVA = {"AIC": [1739.11254013, 1168.08804835], "BIC": [1761.06312919, 1193.17443585],
+                        "logLik": [-862.556270065, -576.044024177], "L.Ratio": 573.024491776}
+
+
+def test_compare_without_refit_is_nlmes_anova_of_reml_fits():
+    """nlme compares REML fits of different residual structures as they are; compare()
+    refitted them with ML (lme4's rule: 28.97 against nlme's 29.28 on an audit's data).
+    lme4's refit=False now keeps them, and refuses REML fits with different fixed effects."""
+    data = lmm_jax.datasets.load("bodyweight")
+    plain = lmm_jax.fit("weight ~ Time * Diet", data)
+    car1 = lmm_jax.fit("weight ~ Time * Diet", data, correlation="car1(~ Time | Rat)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "refitting model(s) with ML" warning
+        table = lmm_jax.compare(plain, car1, refit=False)
+    assert not table.attrs["refitted"]
+    for column in ("AIC", "BIC", "logLik"):
+        np.testing.assert_allclose(table[column], BODYWEIGHT_GLS_ANOVA[column], rtol=1e-9)
+    np.testing.assert_allclose(table["Chisq"].iloc[1], BODYWEIGHT_GLS_ANOVA["L.Ratio"], rtol=1e-8)
+    smaller = lmm_jax.fit("weight ~ Time + Diet", data)
+    with pytest.raises(ValueError, match="different fixed effects"):
+        lmm_jax.compare(smaller, car1, refit=False)
