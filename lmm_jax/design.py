@@ -26,7 +26,7 @@ from .known_covariance import check_known, known_term
 from .model_matrices import formula_matrices, materialise
 from .structures import CholeskyFactor, CovarianceStructure
 
-__all__ = ["DataError", "Design", "RandomTerm", "build_design", "lme4_term_order"]
+__all__ = ["DataError", "Design", "RandomTerm", "build_design", "full_rank_columns", "lme4_term_order"]
 
 RANK_TOLERANCE = 1e-7  # as lme4's chkRank.drop.cols / R's qr()
 EXACT_FIT_TOLERANCE = 1e-10  # ‖y - Xb₀‖ / ‖y‖ below which X fits y exactly (`exactly_fitted`)
@@ -82,6 +82,7 @@ class Design:
     dropped_columns: tuple[str, ...] = ()
     row_positions: np.ndarray = field(default=None, repr=False, compare=False)  # kept rows' positions in data
     weights_name: str | None = None  # prior weights: the column's name, "(an array)", or None without
+    frame: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # the used columns' kept rows
 
     @property
     def nobs(self) -> int:
@@ -148,7 +149,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
         _check_sizes(terms, y.shape[0], parsed)
     weights_name = None if weights is None else (weights if isinstance(weights, str) else "(an array)")
     return Design(parsed, y, X, tuple(names), tuple(terms), prior_weights, n_dropped, spec,
-                  tuple(dropped), kept, weights_name)
+                  tuple(dropped), kept, weights_name, frame)
 
 
 def _as_frame(data) -> pd.DataFrame:
@@ -318,14 +319,9 @@ def _lme4_name(column: str) -> str:
     return "(Intercept)" if column == "Intercept" else str(column)
 
 
-def _drop_rank_deficient(X: np.ndarray, names: list[str]):
-    """Keep columns left to right while they add rank (R's qr with tol 1e-7); warn naming the rest.
-
-    Column j adds rank when its residual on the columns before it is longer than 1e-7 of its
-    norm; that residual's length is |R_jj| of X's unpivoted QR, so a full-rank X (the usual
-    case) is one QR (`_adds_rank_everywhere`) and only a deficient one takes the column loop."""
-    if _adds_rank_everywhere(X):
-        return X.copy(), list(names), []  # a copy, as X[:, kept] is: X may be formulaic's own array
+def full_rank_columns(X: np.ndarray) -> list[int]:
+    """The columns kept left to right while they add rank: column j's residual on the kept
+    columns before it longer than 1e-7 of its norm (R's qr with tol 1e-7)."""
     kept: list[int] = []
     basis = np.zeros((X.shape[0], 0))
     for j in range(X.shape[1]):
@@ -335,6 +331,18 @@ def _drop_rank_deficient(X: np.ndarray, names: list[str]):
         if norm > 0 and np.linalg.norm(residual) > RANK_TOLERANCE * norm:
             basis = np.column_stack([basis, residual / np.linalg.norm(residual)])
             kept.append(j)
+    return kept
+
+
+def _drop_rank_deficient(X: np.ndarray, names: list[str]):
+    """Keep columns left to right while they add rank (R's qr with tol 1e-7); warn naming the rest.
+
+    Column j adds rank when its residual on the columns before it is longer than 1e-7 of its
+    norm; that residual's length is |R_jj| of X's unpivoted QR, so a full-rank X (the usual
+    case) is one QR (`_adds_rank_everywhere`) and only a deficient one takes the column loop."""
+    if _adds_rank_everywhere(X):
+        return X.copy(), list(names), []  # a copy, as X[:, kept] is: X may be formulaic's own array
+    kept = full_rank_columns(X)
     dropped = [names[j] for j in range(X.shape[1]) if j not in kept]
     if dropped:
         n = len(dropped)

@@ -15,6 +15,7 @@ X⁺R is computed on a synthetic frame holding every combination of factor level
 random numeric values: where R lies in the span of X (every formula whose terms are all
 contained in higher-order ones by R's rules, e.g. `a * b + c`) this is exactly lmerTest's
 data-based result; otherwise lmerTest's contrasts depend on the data and this module refuses.
+A rank-deficient X (missing cells) is handled on the data's own rows, as lmerTest does.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from __future__ import annotations
 import ast
 import itertools
 import re
+import warnings
 
 import formulaic
 import numpy as np
 import pandas as pd
 
+from .design import full_rank_columns
 from .model_matrices import fit_context
 from .factor_levels import FACTOR_CALLS, PREDICT_CONTEXT
 
@@ -96,11 +99,10 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
     are handled as lmerTest's `get_contrasts_type3` handles them: the contrasts of the
     treatment-coded X_t, mapped to X's coefficients by L = L_t X_t⁺X (Xβ = X_tβ_t)."""
     spec = design.fixed_spec
-    if design.dropped_columns:
-        raise NotImplementedError("type III contrasts of a rank-deficient fixed part are not "
-                                  "implemented; test the remaining coefficients with result.test")
     kinds, terms = _variables(spec)
     columns = _column_map(spec, terms)
+    if design.dropped_columns:
+        return _rank_deficient_contrasts(design, kinds, terms, columns)
     try:
         frame = _synthetic_frame(spec, kinds)
         X = np.asarray(spec.get_model_matrix(frame, context=PREDICT_CONTEXT), dtype=float)
@@ -120,6 +122,36 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
         raise NotImplementedError("the treatment-coded fixed part does not span X's columns; use result.test")
     out = {}
     for (name, cols), L in zip(columns.items(), L_t):
+        L = L @ to_x
+        out[name] = L[np.abs(L).sum(axis=1) > TOLERANCE]
+    return out
+
+
+def _rank_deficient_contrasts(design, kinds: dict, terms, columns: dict) -> dict[str, np.ndarray]:
+    """lmerTest's type III contrasts when X lost columns (a factorial with missing cells):
+    computed, as lmerTest computes them, on the data's own rows (the synthetic frame of all
+    cells would have no missing cell), with the treatment-coded X_t reduced to full rank as
+    X was, then mapped to X's kept coefficients; lmerTest's warning names the missing cells."""
+    spec = design.fixed_spec
+    if design.frame is None or len(terms) <= 1:
+        raise NotImplementedError("type III contrasts of this rank-deficient fixed part are not implemented; "
+                                  "test the remaining coefficients with result.test")
+    try:
+        treatment_terms = [_treatment_coded(t) for t in terms]
+        X_t = _matrix(" + ".join(["1" if _has_intercept(spec) else "0"] + treatment_terms), design.frame)
+        full = [_matrix(f"0 + {t}", design.frame) for t in treatment_terms]
+    except Exception as error:
+        raise NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
+                                  "use result.test with your own L") from None
+    kept = full_rank_columns(X_t)
+    position = {j: i for i, j in enumerate(kept)}
+    kept_columns = [[position[j] for j in columns[str(t)] if j in position] for t in terms]
+    L_t = _treatment_contrasts(X_t[:, kept], full, kept_columns, _has_intercept(spec), terms, kinds)
+    to_x, *_ = np.linalg.lstsq(X_t[:, kept], design.X, rcond=None)
+    warnings.warn(f"Missing cells for: {', '.join(design.dropped_columns)}. Interpret type III hypotheses with care.",
+                  stacklevel=5)  # the caller of FitResult.anova
+    out = {}
+    for name, L in zip(columns, L_t):
         L = L @ to_x
         out[name] = L[np.abs(L).sum(axis=1) > TOLERANCE]
     return out

@@ -242,3 +242,30 @@ def test_type3_anova_of_a_factor_coded_otherwise_than_by_treatment(coding, ddf):
     np.testing.assert_allclose(table["DenDF"], BODYWEIGHT_DIET_TIME["DenDF"], rtol=1e-6)
     treatment = lmm_jax.fit("weight ~ Diet * Time + (1 | Rat)", data).anova(ddf=ddf)
     np.testing.assert_allclose(table["F value"], treatment["F value"], rtol=1e-9)
+
+
+# lmerTest 3.1-3: d <- bodyweight.csv, wk = factor(early (Time < 22) / mid (< 44) / late,
+# levels early, late, mid); anova(lmer(weight ~ Diet * wk + (1 | Rat), d without Diet D3 x late))
+# prints "Missing cells for: DietD3:wklate."
+MISSING_CELL_ANOVA = {"F": [85.32658146, 169.14083358, 20.93378741], "DenDF": [13.02413636, 139.00676271, 139.00676271],
+                      "NumDF": [2, 2, 3]}
+
+
+def test_type3_anova_of_a_factorial_with_a_missing_cell():
+    """anova() refused a rank-deficient fixed part; lmerTest computes its type III contrasts
+    on the data's own rows (a synthetic frame of all cells has no missing cell) and warns."""
+    import pandas as pd
+
+    import lmm_jax
+
+    data = lmm_jax.datasets.load("bodyweight")
+    week = np.where(data["Time"] < 22, "early", np.where(data["Time"] < 44, "mid", "late"))
+    data = data.assign(wk=pd.Categorical(week, categories=["early", "late", "mid"]))
+    data = data[~((data["Diet"] == "D3") & (data["wk"] == "late"))]
+    with pytest.warns(UserWarning, match="rank deficient"):
+        result = lmm_jax.fit("weight ~ Diet * wk + (1 | Rat)", data)
+    with pytest.warns(UserWarning, match="Missing cells for: Diet\\[T.D3\\]:wk\\[T.late\\]"):
+        table = result.anova()
+    np.testing.assert_allclose(table["F value"], MISSING_CELL_ANOVA["F"], rtol=1e-7)
+    np.testing.assert_allclose(table["DenDF"], MISSING_CELL_ANOVA["DenDF"], rtol=1e-6)
+    assert table["NumDF"].tolist() == MISSING_CELL_ANOVA["NumDF"]
