@@ -20,6 +20,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .lrt import same_fixed_effects
+
 
 REFIT_MESSAGE = "refitting model(s) with ML (instead of REML)"
 
@@ -84,9 +86,7 @@ def _check_comparable_as_fitted(results) -> None:
     methods = {r.method for r in results}
     if len(methods) > 1:
         raise ValueError(f"refit=False compares fits as fitted, but they use different methods {sorted(methods)}")
-    first = results[0].design.X
-    if methods == {"REML"} and any(r.design.X.shape != first.shape or not np.allclose(r.design.X, first)
-                                   for r in results[1:]):
+    if methods == {"REML"} and not all(same_fixed_effects(results[0], r) for r in results[1:]):
         raise ValueError("refit=False: the REML fits have different fixed effects, so their restricted "
                          "likelihoods are not comparable; use refit=True (ML refits)")
 

@@ -42,8 +42,9 @@ def _check_same_data(reduced, full) -> None:
                          "compares two models of the same observations")
 
 
-def _same_fixed(reduced, full) -> bool:
-    a, b = reduced.design.X, full.design.X
+def same_fixed_effects(one, other) -> bool:
+    """Whether two fits have the same fixed-effect design X (their REML criteria compare)."""
+    a, b = one.design.X, other.design.X
     return a.shape == b.shape and np.allclose(a, b)
 
 
@@ -61,7 +62,7 @@ def check_pair(reduced, full) -> None:
     if reduced.method != full.method:
         raise ValueError(f"the fits use different methods ({reduced.method} and {full.method}); "
                          "refit both with method='ML'")
-    if reduced.method == "REML" and not _same_fixed(reduced, full):
+    if reduced.method == "REML" and not same_fixed_effects(reduced, full):
         raise ValueError("the REML fits have different fixed effects: their restricted "
                          "likelihoods are not comparable; refit both with method='ML'")
     if reduced.df_model > full.df_model:
