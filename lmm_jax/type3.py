@@ -106,25 +106,16 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
     try:
         frame = _synthetic_frame(spec, kinds)
         X = np.asarray(spec.get_model_matrix(frame, context=PREDICT_CONTEXT), dtype=float)
-        if X.shape[1] <= 1 or len(terms) <= 1:
-            return type1_contrasts(design.X, columns)
-        treatment_terms = [_treatment_coded(t) for t in terms]
-        X_t = _matrix(" + ".join(["1" if _has_intercept(spec) else "0"] + treatment_terms), frame)
-        full = [_matrix(f"0 + {t}", frame) for t in treatment_terms]
-    except NotImplementedError:
-        raise
     except Exception as error:
-        raise NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
-                                  "use result.test with your own L") from None
-    L_t = _treatment_contrasts(X_t, full, [columns[str(t)] for t in terms], _has_intercept(spec), terms, kinds)
+        raise _unbuildable(error) from None
+    if X.shape[1] <= 1 or len(terms) <= 1:
+        return type1_contrasts(design.X, columns)
+    X_t, full = _treatment_matrices(spec, terms, frame)
     to_x, *_ = np.linalg.lstsq(X_t, X, rcond=None)  # X = X_t to_x: β_t = to_x β
     if X_t.shape[1] != X.shape[1] or not np.allclose(X_t @ to_x, X, atol=1e-8 * max(1.0, np.abs(X).max())):
         raise NotImplementedError("the treatment-coded fixed part does not span X's columns; use result.test")
-    out = {}
-    for (name, cols), L in zip(columns.items(), L_t):
-        L = L @ to_x
-        out[name] = L[np.abs(L).sum(axis=1) > TOLERANCE]
-    return out
+    return _mapped(_treatment_contrasts(X_t, full, [columns[str(t)] for t in terms], _has_intercept(spec),
+                                        terms, kinds), columns, to_x)
 
 
 def _rank_deficient_contrasts(design, kinds: dict, terms, columns: dict) -> dict[str, np.ndarray]:
@@ -136,13 +127,7 @@ def _rank_deficient_contrasts(design, kinds: dict, terms, columns: dict) -> dict
     if design.frame is None or len(terms) <= 1:
         raise NotImplementedError("type III contrasts of this rank-deficient fixed part are not implemented; "
                                   "test the remaining coefficients with result.test")
-    try:
-        treatment_terms = [_treatment_coded(t) for t in terms]
-        X_t = _matrix(" + ".join(["1" if _has_intercept(spec) else "0"] + treatment_terms), design.frame)
-        full = [_matrix(f"0 + {t}", design.frame) for t in treatment_terms]
-    except Exception as error:
-        raise NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
-                                  "use result.test with your own L") from None
+    X_t, full = _treatment_matrices(spec, terms, design.frame)
     kept = full_rank_columns(X_t)
     position = {j: i for i, j in enumerate(kept)}
     kept_columns = [[position[j] for j in columns[str(t)] if j in position] for t in terms]
@@ -150,6 +135,27 @@ def _rank_deficient_contrasts(design, kinds: dict, terms, columns: dict) -> dict
     to_x, *_ = np.linalg.lstsq(X_t[:, kept], design.X, rcond=None)
     warnings.warn(f"Missing cells for: {', '.join(design.dropped_columns)}. Interpret type III hypotheses with care.",
                   stacklevel=5)  # the caller of FitResult.anova
+    return _mapped(L_t, columns, to_x)
+
+
+def _treatment_matrices(spec, terms, frame: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(X_t, the terms' full dummy codings) of the fixed part coded by treatment contrasts
+    (`_treatment_coded`) on `frame`; formulaic's failures as `_unbuildable`."""
+    try:
+        treatment_terms = [_treatment_coded(t) for t in terms]
+        X_t = _matrix(" + ".join(["1" if _has_intercept(spec) else "0"] + treatment_terms), frame)
+        return X_t, [_matrix(f"0 + {t}", frame) for t in treatment_terms]
+    except Exception as error:
+        raise _unbuildable(error) from None
+
+
+def _unbuildable(error: Exception) -> NotImplementedError:
+    return NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
+                               "use result.test with your own L")
+
+
+def _mapped(L_t: list, columns: dict, to_x: np.ndarray) -> dict[str, np.ndarray]:
+    """{term: L_t X_t⁺X} over X's coefficients, rows with all |entries| ≤ `TOLERANCE` dropped."""
     out = {}
     for name, L in zip(columns, L_t):
         L = L @ to_x
