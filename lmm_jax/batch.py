@@ -220,10 +220,11 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
         raise ValueError("fit_batch needs data and responses (one design, B responses) or datasets=")
     model = Model.from_formula(formula, _design_frame(formula, data), method)
     ys, names = _responses(responses, data, model.design)
-    original, exact = ys, model.design.exactly_fitted(ys)
+    residuals, coefficients = model.design.least_squares_residuals(ys)
+    exact = model.design.exactly_fitted(ys, residuals)
     shift = np.zeros((ys.shape[0], model.design.n_fixed))
     if dtype == "float32":  # a response of large mean kept its digits only in float64
-        ys, shift = model.design.least_squares_residuals(ys)
+        ys, shift = residuals, coefficients
     arrays, theta0 = cast_floats(model.arrays, dtype), model.shape.initial_theta()
     consts = dict(arrays=arrays, theta0=np.asarray(theta0, dtype))
     params, se = run_in_chunks(fit_responses, ys, consts, dict(shape=model.shape), batch_size=batch_size,
@@ -231,23 +232,22 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
                                compiler_options=BATCH_COMPILER_OPTIONS,
                                concurrent=factors_unrolled(model.shape, model.design.n_fixed))
     beta = (params.beta + shift).astype(params.beta.dtype)
-    params, se = _mark_exact_fits(exact, lambda: model.design.least_squares_residuals(original[exact])[1],
-                                  params._replace(beta=beta), se)
+    params, se = _mark_exact_fits(exact, coefficients[exact], params._replace(beta=beta), se)
     return _result(names, model.design, model.method, params, se)
 
 
-def _mark_exact_fits(exact: np.ndarray, exact_coefficients, params, se):
+def _mark_exact_fits(exact: np.ndarray, exact_coefficients: np.ndarray, params, se):
     """Responses the fixed effects fit exactly (`Design.exactly_fitted`: a constant, y = Xb)
     have no optimum (the criterion falls without bound as σ² -> 0, and the fit stopped
     anywhere, differently for other batch sizes): β̂ is their least-squares fit
-    (`exact_coefficients()`, one row per exact entry), θ̂, σ̂², SE and the log-likelihood
+    (`exact_coefficients`, one row per exact entry), θ̂, σ̂², SE and the log-likelihood
     NaN, status `EXACT_FIT` (not converged), with a warning."""
     if not exact.any():
         return params, se
     warnings.warn(f"{int(exact.sum())} response(s) are fitted exactly by the fixed effects (zero residuals: "
                   "a constant, or y = Xb); their theta, sigma, se and loglik are NaN and converged is False",
                   stacklevel=3)
-    coef, nan = exact_coefficients(), np.nan
+    nan = np.nan
 
     def where_exact(a, value):
         a = np.array(a, copy=True)
@@ -255,7 +255,7 @@ def _mark_exact_fits(exact: np.ndarray, exact_coefficients, params, se):
         return a
 
     params = params._replace(
-        beta=where_exact(params.beta, coef.astype(params.beta.dtype)), theta=where_exact(params.theta, nan),
+        beta=where_exact(params.beta, exact_coefficients.astype(params.beta.dtype)), theta=where_exact(params.theta, nan),
         sigma2=where_exact(params.sigma2, nan), loglik=where_exact(params.loglik, nan),
         objective=where_exact(params.objective, nan), singular=where_exact(params.singular, False),
         status=where_exact(params.status, EXACT_FIT))
@@ -266,13 +266,14 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
     """The `datasets=` path: one `run_in_chunks` per bucket of padded shapes."""
     method = "REML" if _is_reml(method) else "ML"
     names, designs = dataset_designs(formula, datasets)
-    original = list(designs)
-    exact = np.array([design.exactly_fitted(design.y[None, :])[0] for design in designs])
+    fits = [design.least_squares_residuals(design.y[None, :]) for design in designs]  # (residuals, b₀)
+    exact = np.array([design.exactly_fitted(design.y[None, :], residuals)[0]
+                      for design, (residuals, _) in zip(designs, fits)])
+    coefficients = np.concatenate([coef for _, coef in fits])
     shifts = np.zeros((len(designs), designs[0].n_fixed))
     if dtype == "float32":  # as in fit_batch, data set by data set
-        for i, design in enumerate(designs):
-            residuals, shift = design.least_squares_residuals(design.y[None, :])
-            designs[i], shifts[i] = dataclasses.replace(design, y=residuals[0]), shift[0]
+        designs = [dataclasses.replace(design, y=residuals[0]) for design, (residuals, _) in zip(designs, fits)]
+        shifts = coefficients
     theta0 = padded_shape(designs[0], bucket_key(designs[0]), method).initial_theta()
     results = [None] * len(designs)
     for key, members in group_by_bucket(designs).items():
@@ -286,10 +287,7 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
             results[i] = jax.tree_util.tree_map(lambda a, j=j: a[j], out)
     params, se = jax.tree_util.tree_map(lambda *parts: np.stack(parts), *results)
     beta = (params.beta + shifts).astype(params.beta.dtype)
-    params, se = _mark_exact_fits(
-        exact, lambda: np.stack([design.least_squares_residuals(design.y[None, :])[1][0]
-                                 for design, flag in zip(original, exact) if flag]),
-        params._replace(beta=beta), se)
+    params, se = _mark_exact_fits(exact, coefficients[exact], params._replace(beta=beta), se)
     return _result(names, designs[0], method, params, se)
 
 

@@ -100,11 +100,13 @@ class Design:
         coef = np.linalg.lstsq(self.X, np.asarray(ys, dtype=float).T, rcond=None)[0]  # (p, B)
         return ys - (self.X @ coef).T, coef.T
 
-    def exactly_fitted(self, ys: np.ndarray) -> np.ndarray:
+    def exactly_fitted(self, ys: np.ndarray, residuals: np.ndarray | None = None) -> np.ndarray:
         """Per row y of `ys` (B, n): whether X fits y exactly, ‖y - Xb₀‖ ≤ 1e-10 ‖y‖ (a
         constant response, or y = Xb). Then nothing is left for the variance components
-        and σ² (the criterion has no minimum: it falls without bound as σ² -> 0)."""
-        residuals, _ = self.least_squares_residuals(ys)
+        and σ² (the criterion has no minimum: it falls without bound as σ² -> 0).
+        `residuals`: ys' `least_squares_residuals`, where the caller has them."""
+        if residuals is None:
+            residuals, _ = self.least_squares_residuals(ys)
         return np.linalg.norm(residuals, axis=1) <= EXACT_FIT_TOLERANCE * np.linalg.norm(ys, axis=1)
 
     def check_not_exactly_fitted(self) -> None:
