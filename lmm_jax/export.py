@@ -3,11 +3,12 @@
 Keys: formula, method, nobs, converged, fixed {names, estimate, se, vcov, df_satterthwaite, t,
 p_satterthwaite, df_kenward_roger, t_kenward_roger, p_kenward_roger (None unless a REML fit;
 lmerTest's t tests, `small_sample.py`)}, sigma, theta,
-varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last), loglik, df_model, aic,
-bic, deviance (ML fits; None for REML) or reml_criterion (REML fits; None for ML),
-singular, ranef {group: {levels, terms, values, cond_sd}}, structure_parameters (per term:
-group, structure keyword, theta_names, theta, derived values such as rho), correlation_parameters
-and variance_function (residual structures, nlme's meanings; None without them). An undefined correlation (a
+varcorr (rows of lme4's as.data.frame(VarCorr(m)), residual last; its grp column keyed
+group), loglik, df_model, aic, bic, deviance (ML fits; None for REML) or reml_criterion
+(REML fits; None for ML), singular, ranef {group: {levels, terms, values, cond_sd}},
+structure_parameters (per term: group, structure keyword, theta_names, theta, derived values
+such as rho), correlation_parameters and variance_function (residual structures, nlme's
+meanings; None without them). An undefined correlation (a
 term with zero variance) is None.
 """
 
@@ -35,8 +36,7 @@ def result_to_dict(result) -> dict:
         "sigma": result.sigma,
         "theta": _floats(result.theta),
         "structure_parameters": result.structure_parameters(),
-        "varcorr": [{key: (None if isinstance(v, float) and np.isnan(v) else v) for key, v in row.items()}
-                    for row in result.varcorr()],
+        "varcorr": _varcorr_rows(result.varcorr()),
         "loglik": result.loglik,
         "df_model": result.df_model,
         "aic": result.aic,
@@ -56,6 +56,13 @@ def result_to_dict(result) -> dict:
             for group, frame in modes.items()
         },
     }
+
+
+def _varcorr_rows(frame) -> list[dict]:
+    """varcorr()'s rows as dicts with keys group, var1, var2, vcov, sdcor (NaN as None)."""
+    rows = frame.rename(columns={"grp": "group"}).to_dict("records")
+    return [{key: (None if isinstance(v, float) and np.isnan(v) else v) for key, v in row.items()}
+            for row in rows]
 
 
 def _floats(values) -> list[float]:

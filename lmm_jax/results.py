@@ -153,9 +153,11 @@ class FitResult:
         return out
 
     # ----- variance components ----------------------------------------------------
-    def varcorr(self) -> list[dict]:
-        """Rows of lme4's `as.data.frame(VarCorr(m))`: per term its variances, then its
-        covariances (lower triangle, column by column), the residual last."""
+    def varcorr(self) -> pd.DataFrame:
+        """lme4's `as.data.frame(VarCorr(m))`: columns grp, var1, var2, vcov, sdcor; per term
+        its variances (var2 None, sdcor the SD), then its covariances (lower triangle, column
+        by column; sdcor the correlation cov_ij / (sd_i sd_j), NaN where an SD is 0), the
+        residual last (var1 and var2 None)."""
         rows = []
         s2 = self.sigma ** 2
         for term, rel in zip(self.report_terms, self._rel_cov):
@@ -163,16 +165,15 @@ class FitResult:
             sd = np.sqrt(np.diag(cov))
             names = term.column_names
             for i in range(term.dim):
-                rows.append(dict(group=term.name, var1=names[i], var2=None, vcov=cov[i, i], sdcor=sd[i]))
+                rows.append((term.name, names[i], None, cov[i, i], sd[i]))
             for j in range(term.dim):
                 for i in range(j + 1, term.dim):
                     denom = sd[i] * sd[j]
-                    corr = cov[i, j] / denom if denom > 0 else np.nan
-                    rows.append(dict(group=term.name, var1=names[j], var2=names[i], vcov=cov[i, j],
-                                     sdcor=corr))
-        rows.append(dict(group="Residual", var1=None, var2=None, vcov=s2, sdcor=self.sigma))
-        return [{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()}
-                for r in rows]
+                    rows.append((term.name, names[j], names[i], cov[i, j],
+                                 cov[i, j] / denom if denom > 0 else np.nan))
+        rows.append(("Residual", None, None, s2, self.sigma))
+        frame = pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"], dtype=object)
+        return frame.astype({"vcov": float, "sdcor": float})
 
     def variance_components(self):
         """Variances and covariances (varcorr order, residual last) with SEs from the inverse

@@ -247,7 +247,7 @@ def test_bodyweight_lme_ar1_matches_nlme():
     our likelihood at nlme's own estimates is nlme's logLik."""
     case, result = _fit_reference("bodyweight_lme_ar1_reml")
     _assert_matches_nlme(result, case)
-    sd = result.varcorr()[0]["sdcor"]
+    sd = result.varcorr().sdcor[0]
     assert sd <= case["random_sd"][0] and result.loglik >= case["loglik"] - 1e-8
     model = result.model
     at_nlme = [case["random_sd"][0] / case["sigma"], np.arctanh(case["correlation_parameters"][0])]
@@ -295,9 +295,9 @@ def test_matches_rscript_nlme(name):
     if var is not None:
         np.testing.assert_allclose(result.variance_function["power"], var["power"], rtol=1e-5)
     if name == "lme_car1_ml":
-        assert result.singular and result.varcorr()[0]["sdcor"] < 1e-4
+        assert result.singular and result.varcorr().sdcor[0] < 1e-4
     if name == "lme_power":
-        np.testing.assert_allclose(result.varcorr()[0]["sdcor"], 0.9424643, rtol=1e-5)
+        np.testing.assert_allclose(result.varcorr().sdcor[0], 0.9424643, rtol=1e-5)
 
 
 # ----- input checks and the command line --------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import lmm_jax
@@ -72,3 +73,19 @@ def test_summary_of_a_weighted_fit_names_its_weights(sleepstudy):
     assert "   Data: d\nWeights: w\n\nREML criterion at convergence: 1734.3\n" in text
     plain = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", sleepstudy).summary()
     assert "Weights:" not in plain
+
+
+def test_varcorr_is_lme4s_as_data_frame(fitted):
+    """lme4 1.1-31's as.data.frame(VarCorr(m)) for sleepstudy (Days | Subject), REML
+    (tests/reference/sleepstudy_reml.json): columns grp, var1, var2, vcov, sdcor, NA (None
+    here) where lme4 has NA, the covariance row after the variances, Residual last."""
+    case, result = fitted("sleepstudy_reml")
+    frame = result.varcorr()
+    assert list(frame.columns) == ["grp", "var1", "var2", "vcov", "sdcor"]
+    assert frame[["grp", "var1", "var2"]].to_numpy().tolist() == [
+        ["Subject", "(Intercept)", None], ["Subject", "Days", None], ["Subject", "(Intercept)", "Days"],
+        ["Residual", None, None]]
+    np.testing.assert_allclose(frame["vcov"], [r["vcov"] for r in case["varcorr"]], rtol=1e-4)
+    np.testing.assert_allclose(frame["sdcor"], [r["sdcor"] for r in case["varcorr"]], rtol=1e-4)
+    assert result.to_dict()["varcorr"][2] == {"group": "Subject", "var1": "(Intercept)", "var2": "Days",
+                                              "vcov": frame["vcov"][2], "sdcor": frame["sdcor"][2]}

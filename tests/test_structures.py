@@ -212,10 +212,10 @@ def test_homcs_matches_nlme_pdcompsymm(method):
     np.testing.assert_allclose(entry["derived"]["rho"], ref["rho"], rtol=1e-4)
     np.testing.assert_allclose(result.sigma, ref["sigma"], rtol=1e-4)
     np.testing.assert_allclose(result.fixef.iloc[0], ref["intercept"], rtol=1e-6)
-    rows = [r for r in result.varcorr() if r["group"] == "batch"]
+    rows = result.varcorr().query("grp == 'batch'")
     variance = (ref["sd_ratio"] * ref["sigma"]) ** 2
-    np.testing.assert_allclose([r["vcov"] for r in rows if r["var2"] is None], [variance] * 3, rtol=2e-4)
-    np.testing.assert_allclose([r["sdcor"] for r in rows if r["var2"] is not None], [ref["rho"]] * 3, rtol=1e-4)
+    np.testing.assert_allclose(rows.vcov[rows.var2.isna()], [variance] * 3, rtol=2e-4)
+    np.testing.assert_allclose(rows.sdcor[rows.var2.notna()], [ref["rho"]] * 3, rtol=1e-4)
     assert f"batch: homcs, rho = {ref['rho']:.4g}" in result.summary()
     assert result.to_dict()["structure_parameters"][0]["derived"]["rho"] == entry["derived"]["rho"]
 
@@ -301,7 +301,7 @@ def test_known_relationship_matrix_likelihood():
                                           known={"id": kinship.iloc[order, order]})
     assert float(shuffled.deviance(jnp.asarray([0.7]))) == pytest.approx(
         float(result.model.deviance(jnp.asarray([0.7]))), rel=1e-12)
-    (row,) = [r for r in result.varcorr() if r["group"] == "id"]
+    (row,) = result.varcorr().query("grp == 'id'").to_dict("records")
     assert row["var1"] == "(Intercept)" and row["vcov"] == pytest.approx((result.theta[0] * result.sigma) ** 2)
     assert result.ranef()["id"].shape == (40, 1)
     np.testing.assert_allclose(result.predict(frame), result.fitted, rtol=1e-10)
