@@ -214,17 +214,21 @@ class FitResult:
 
     def influence(self) -> dict:
         """Influence of each observation (implicit-function-theorem derivatives at the fit):
-        'dbeta_dy' (n x p) and 'dtheta_dy' (n x k) DataFrames, and per grouping factor of the
-        first random term 'group_deletion': the approximate change in β̂ when a level's rows
-        are deleted (first-order θ change, exact GLS β̂ at it; `implicit.influence`)."""
+        'dbeta_dy' (n x p, columns the fixed-effect names) and 'dtheta_dy' (n x k, columns θ's
+        names as `fit_batch`'s theta_names: lme4's getME(m, "theta") names) DataFrames, and per
+        level of the first random term's grouping factor 'group_deletion': the approximate
+        change in β̂ when the level's rows are deleted (first-order θ change, exact GLS β̂ at
+        it; `implicit.influence`)."""
         from .implicit import influence
+        from .structure_report import theta_names
 
         out = jax.device_get(influence(self.model.arrays, self.model.shape, self.params))
         names = list(self.design.fixed_names)
         term = self.design.terms[0]
         deletion = np.asarray(out.group_deletion)
+        theta = theta_names(self.design.terms)
         return {"dbeta_dy": pd.DataFrame(np.asarray(out.dbeta_dy).T, columns=names),
-                "dtheta_dy": pd.DataFrame(np.asarray(out.dtheta_dy).T),
+                "dtheta_dy": pd.DataFrame(np.asarray(out.dtheta_dy).T, columns=theta),
                 "group_deletion": pd.DataFrame(deletion, columns=names,
                                                index=pd.Index(term.levels, name=term.group))}
 

@@ -190,6 +190,9 @@ def test_influence(sleepstudy_model, sleepstudy_functions):
     _, tangent = sleepstudy_functions[1]((y, X, weights), (direction, jnp.zeros_like(X),
                                                            jnp.zeros_like(weights)))
     k, p = model.shape.n_theta, X.shape[1]
+    assert list(influence["dtheta_dy"].columns) == [  # lme4's names(getME(m, "theta")), as fit_batch's
+        "Subject.(Intercept)", "Subject.Days.(Intercept)", "Subject.Days"]
+    assert list(influence["dbeta_dy"].columns) == ["(Intercept)", "Days"]
     np.testing.assert_allclose(influence["dtheta_dy"].to_numpy().T @ direction, tangent[:k], rtol=1e-8)
     np.testing.assert_allclose(influence["dbeta_dy"].to_numpy().T @ direction, tangent[k:k + p],
                                rtol=1e-8)
