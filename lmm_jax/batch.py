@@ -47,7 +47,7 @@ from .blocked import factors_unrolled
 from .design import DataError, _as_frame
 from .formula import parse_formula
 from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
-from .newton import EXACT_FIT
+from .newton import EXACT_FIT, STATUS_MESSAGES
 from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, stacked_arrays
 from .sharding import batch_mesh, sharded_map
 from .structure_report import theta_names
@@ -94,6 +94,19 @@ class BatchResult:
         columns.update(sigma=self.sigma, loglik=self.loglik, converged=self.converged,
                        singular=self.singular)
         return pd.DataFrame(columns, index=pd.Index(self.names, name="response"))
+
+    def __repr__(self) -> str:
+        """A summary, not the arrays (1,000 fits printed 59,263 characters): the number of
+        fits, converged and singular counts, the count of each optimiser status, the
+        parameter names, and `to_frame()` cut to its first and last rows, as pandas cuts it."""
+        statuses = pd.Series(self.status).map(lambda code: STATUS_MESSAGES[int(code)]).value_counts()
+        lines = [f"BatchResult: {len(self)} {self.method} fits, {int(np.sum(self.converged))} converged, "
+                 f"{int(np.sum(self.singular))} singular",
+                 *(f"  {count} {message}" for message, count in statuses.items()),
+                 f"fixed effects: {', '.join(self.fixed_names)}",
+                 f"theta: {', '.join(self.theta_names or map(str, range(self.theta.shape[1])))}",
+                 self.to_frame().to_string(max_rows=6, max_cols=8, float_format="{:.6g}".format)]
+        return "\n".join(lines)
 
 
 def _fit_with_se(arrays: ModelArrays, shape: ModelShape, theta0):

@@ -206,3 +206,31 @@ def test_fit_of_a_response_the_fixed_effects_fit_exactly_is_a_clear_error(sleeps
     for y in (np.full(len(sleepstudy), 3.7), 3.0 + 2.0 * sleepstudy["Days"].to_numpy()):
         with pytest.raises(lmm_jax.DataError, match="'y' is fitted exactly by the fixed effects"):
             lmm_jax.fit("y ~ Days + (Days | Subject)", sleepstudy.assign(y=y), correlation=correlation)
+
+
+def test_repr_of_a_large_batch_is_a_short_summary():
+    """repr printed every array (59,263 characters for 1,000 fits); now counts, statuses,
+    names and the first and last rows of to_frame(), whatever the batch size."""
+    from lmm_jax.newton import CONVERGED_GRADIENT, EXACT_FIT, MAX_ITERATIONS, STATUS_MESSAGES
+
+    b = 1000
+    rng = np.random.default_rng(0)
+    status = np.full(b, CONVERGED_GRADIENT)
+    status[[10, 20, 30]] = MAX_ITERATIONS
+    status[40] = EXACT_FIT
+    result = lmm_jax.BatchResult(
+        tuple(f"gene{i}" for i in range(b)), ("(Intercept)", "Days"), "REML", rng.normal(size=(b, 2)),
+        rng.random((b, 2)), rng.random((b, 3)), rng.random(b), rng.normal(size=b), status <= 1,
+        np.arange(b) % 10 == 0, status, np.full(b, 7),
+        ("Subject.(Intercept)", "Subject.Days.(Intercept)", "Subject.Days"))
+    text = repr(result)
+    assert len(text) < 2000
+    lines = text.splitlines()
+    assert lines[0] == "BatchResult: 1000 REML fits, 996 converged, 100 singular"
+    assert lines[1:4] == [f"  996 {STATUS_MESSAGES[CONVERGED_GRADIENT]}",
+                          f"  3 {STATUS_MESSAGES[MAX_ITERATIONS]}", f"  1 {STATUS_MESSAGES[EXACT_FIT]}"]
+    assert lines[4] == "fixed effects: (Intercept), Days"
+    assert lines[5] == "theta: Subject.(Intercept), Subject.Days.(Intercept), Subject.Days"
+    assert lines[7].startswith("response") and lines[8].startswith("gene0 ")
+    assert lines[-1].startswith("gene999 ") and lines[11].startswith("...")
+    assert len(lines) == 6 + 2 + 3 + 1 + 3  # summary, the frame's two header lines, rows, "...", rows
