@@ -78,9 +78,11 @@ def rlrt(result, term: str | None = None, nsim: int = 10000, seed: int = 0) -> d
 
     `result`: a REML `FitResult`; `term`: the tested scalar term (None when the model has
     one); `nsim` simulated draws of the null law; `seed` for `jax.random`. Returns a dict:
-    `statistic`, `p_value` (share of draws greater than the statistic), `nsim`, `term`,
-    `null_law` ("exact" for a single-term model, "approximate (other terms ignored)"
-    otherwise). A statistic of 0 gives p = 1 without simulating (nsim = 0), as RLRsim does.
+    `statistic`, `p_value` (share of draws greater than the statistic, as RLRsim's
+    p.value), `p_value_text` (`p_value_text`: "< 1e-04" for 10,000 draws none of which
+    exceeded the statistic), `nsim`, `term`, `null_law` ("exact" for a single-term model,
+    "approximate (other terms ignored)" otherwise). A statistic of 0 gives p = 1 without
+    simulating (nsim = 0), as RLRsim does.
     """
     if not isinstance(nsim, (int, np.integer)) or nsim < 1:
         raise ValueError(f"nsim must be a positive integer, got {nsim!r}")
@@ -91,7 +93,15 @@ def rlrt(result, term: str | None = None, nsim: int = 10000, seed: int = 0) -> d
     law = "exact" if len(design.terms) == 1 else "approximate (other random terms ignored)"
     out = {"term": term_label(design.terms[index]), "statistic": statistic, "null_law": law}
     if statistic == 0.0:
-        return {**out, "p_value": 1.0, "nsim": 0}
+        return {**out, "p_value": 1.0, "p_value_text": p_value_text(1.0, 0), "nsim": 0}
     mu = rlrt_eigenvalues(design.X, dense_z(design.terms[index]))
     draws = simulate_null(mu, design.nobs, design.n_fixed, int(nsim), seed)
-    return {**out, "p_value": float(np.mean(statistic < draws)), "nsim": int(nsim)}
+    p_value = float(np.mean(statistic < draws))
+    return {**out, "p_value": p_value, "p_value_text": p_value_text(p_value, int(nsim)), "nsim": int(nsim)}
+
+
+def p_value_text(p_value: float, nsim: int) -> str:
+    """A simulated p-value as text: "< 1/nsim" ("< 1e-04" for nsim = 10,000) when no draw
+    exceeded the statistic (p_value 0: the true p-value is not 0, only below the resolution
+    of nsim draws; RLRsim prints format.pval's "< 2.2e-16" there), else 4 significant digits."""
+    return f"< {1 / nsim:.0e}" if p_value == 0.0 else f"{p_value:.4g}"

@@ -19,6 +19,7 @@ import lmm_jax
 from conftest import case_data, load_case
 from lmm_jax.design import build_design
 from lmm_jax.lrt_mixture import variance_mixture
+from lmm_jax.rlrt import p_value_text
 
 SLEEP_REDUCED = "Reaction ~ Days + (1 | Subject)"
 SLEEP_FULL = "Reaction ~ Days + (Days | Subject)"
@@ -138,8 +139,9 @@ def test_rlrt_matches_rlrsim(case_id):  # rail: slow only for its own fit's comp
     assert abs(out["statistic"] - reference["statistic"]) <= 1e-4
     assert out["nsim"] == nsim and out["null_law"] == "exact"
     if reference["p_value"] == 0:  # Rail: none of RLRsim's 1e5 draws exceeded 36.5
-        assert out["p_value"] == 0.0
+        assert out["p_value"] == 0.0 and out["p_value_text"] == "< 1e-05"
     else:
+        assert out["p_value_text"] == f"{out['p_value']:.4g}"
         assert_p_within_mc(out, reference)
         assert_p_within_mc(out, DYESTUFF_RLRT_1E6)
 
@@ -185,6 +187,15 @@ def test_rlrt_of_a_zero_variance_is_one():
     case = load_case("dyestuff2_reml")
     out = lmm_jax.rlrt(lmm_jax.fit(case["formula"], case_data(case)))
     assert out["statistic"] <= 1e-8 and out["p_value"] == 1.0 and out["nsim"] == 0
+    assert out["p_value_text"] == "1"
+
+
+def test_rlrt_p_value_text_bounds_a_zero_share_by_one_over_nsim():
+    """No draw above the statistic is p < 1/nsim, not p = 0 (RLRsim 3.1-8 prints format.pval's
+    "< 2.2e-16" there); p_value stays the share of draws, 0.0."""
+    assert p_value_text(0.0, 10000) == "< 1e-04"
+    assert p_value_text(0.0, 500) == "< 2e-03"
+    assert p_value_text(0.004346, 10000) == "0.004346"
 
 
 def test_rlrt_refusals(sleep_fits, pastes_two_terms):
