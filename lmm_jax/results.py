@@ -212,6 +212,17 @@ class FitResult:
             out.setdefault(term.group, []).append(frame)
         return {group: pd.concat(frames, axis=1) for group, frames in out.items()}
 
+    def ranef_cov(self) -> dict[str, np.ndarray]:
+        """Conditional covariances of the random effects, Var(b_l | y, β̂) = σ̂² Λ_k
+        (Λ'Z'WZΛ + I)⁻¹_ll Λ_k' per level l of term k (lme4's postVar of
+        ranef(m, condVar = TRUE), statsmodels' random_effects_cov): per term an array
+        (levels x columns x columns), levels and columns in ranef()'s order (lme4's array is
+        columns x columns x levels). Keyed by the term's varcorr() name: the grouping factor,
+        "g.1", ... for a factor's further terms, whose covariances with the first term's are
+        left out as lme4 leaves them out (its postVar is then a list, one array per term). The
+        square roots of the diagonals are ranef(cond_sd=True)."""
+        return {term.name: np.array(cov) for term, cov in zip(self.report_terms, self._cond_cov)}
+
     def influence(self) -> dict:
         """Influence of each observation (implicit-function-theorem derivatives at the fit):
         'dbeta_dy' (n x p, columns the fixed-effect names) and 'dtheta_dy' (n x k, columns θ's

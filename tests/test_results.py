@@ -89,3 +89,27 @@ def test_varcorr_is_lme4s_as_data_frame(fitted):
     np.testing.assert_allclose(frame["sdcor"], [r["sdcor"] for r in case["varcorr"]], rtol=1e-4)
     assert result.to_dict()["varcorr"][2] == {"group": "Subject", "var1": "(Intercept)", "var2": "Days",
                                               "vcov": frame["vcov"][2], "sdcor": frame["sdcor"][2]}
+
+
+def test_ranef_cov_is_lme4s_postvar(sleepstudy, fitted):
+    """lme4 1.1-31 (R 4.2.2), sleepstudy without every 7th row (unbalanced, so levels differ):
+    attr(ranef(m, condVar = TRUE)$Subject, "postVar")[, , l] for levels 308, 309 and 372
+    (lme4's θ differs from ours in the 5th digit, its optimiser's tolerance: rtol 1e-4).
+    For (Days || Subject) lme4's postVar is a list of one array per term; here one entry
+    per term, named as in varcorr(), holding lme4's conditional variances
+    (tests/reference/sleepstudy_uncorrelated_reml.json: cond_sd squared)."""
+    result = lmm_jax.fit("Reaction ~ Days + (Days | Subject)", sleepstudy.drop(index=sleepstudy.index[::7]))
+    cov = result.ranef_cov()
+    assert list(cov) == ["Subject"] and cov["Subject"].shape == (18, 2, 2)
+    np.testing.assert_allclose(cov["Subject"][[0, 1, 17]], [
+        [[165.9559721493, -25.9434361102], [-25.9434361102, 5.87900655664]],
+        [[126.1007701909, -18.7347532486], [-18.7347532486, 4.39053930215]],
+        [[122.7080501791, -18.3843206761], [-18.3843206761, 4.41520477283]]], rtol=1e-4)
+    cond_sd = result.ranef(cond_sd=True)["Subject"]
+    np.testing.assert_allclose(np.sqrt(np.diagonal(cov["Subject"], axis1=1, axis2=2)), cond_sd, rtol=1e-12)
+    case, uncorrelated = fitted("sleepstudy_uncorrelated_reml")
+    cov = uncorrelated.ranef_cov()
+    assert list(cov) == ["Subject", "Subject.1"] and cov["Subject.1"].shape == (18, 1, 1)
+    lme4_sd = np.asarray(case["ranef"]["Subject"]["cond_sd"])
+    np.testing.assert_allclose(cov["Subject"][:, 0, 0], lme4_sd[:, 0] ** 2, rtol=1e-4)
+    np.testing.assert_allclose(cov["Subject.1"][:, 0, 0], lme4_sd[:, 1] ** 2, rtol=1e-4)
