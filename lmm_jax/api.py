@@ -8,7 +8,7 @@ from .model import Model
 
 
 def fit(formula: str, data, method: str = "REML", weights=None, data_name: str | None = None,
-        known=None, correlation: str | None = None):
+        known=None, correlation: str | None = None, family: str = "gaussian"):
     """Fit a linear mixed model written in lme4's formula syntax.
 
     >>> import lmm_jax
@@ -29,7 +29,12 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
     the linear model (i.i.d. errors) fitted by REML or ML, e.g. the null model of a
     likelihood-ratio test: `lmm_jax.lrt(lmm_jax.fit("y ~ x", d, method="ML"), full)`.
     Returns a `ResidualFitResult` (nlme's logLik, AIC, BIC).
+
+    `family`: "gaussian" only. These are linear mixed models (a Gaussian response, identity
+    link); generalised ones (lme4's glmer: binomial, poisson, ...) are out of scope, and any
+    other family is a ValueError saying so, before the data are read.
     """
+    _check_family(family)
     from .formula import parse_formula
     from .residual_design import looks_like_structure
 
@@ -43,6 +48,13 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
                                                             correlation, variance).fit())
     return _told_of_problems(Model.from_formula(formula, data, method, weights=weights, data_name=data_name,
                                                 known=known).fit())
+
+
+def _check_family(family) -> None:
+    """Refuses a family other than gaussian: GLMMs are not fitted here."""
+    if not (isinstance(family, str) and family.lower() == "gaussian"):
+        raise ValueError(f"family={family!r}: lmm_jax fits linear mixed models (a Gaussian response) "
+                         "only; generalised linear mixed models (GLMMs, lme4's glmer) are not supported")
 
 
 def _told_of_problems(result):

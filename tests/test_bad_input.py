@@ -152,6 +152,19 @@ def test_bad_method_and_data(sleepstudy):
         lmm_jax.fit(FORMULA, [1, 2, 3])
 
 
+@pytest.mark.parametrize("family", ["binomial", "poisson", None])
+def test_a_glmm_family_is_refused_as_out_of_scope(sleepstudy, family):
+    """family= was a TypeError about an unexpected keyword; GLMMs are out of scope."""
+    refusal = r"family=.*linear mixed models .* \(GLMMs, lme4's glmer\) are not supported"
+    with pytest.raises(ValueError, match=refusal):
+        lmm_jax.fit(FORMULA, sleepstudy, family=family)
+
+
+def test_gaussian_family_is_the_linear_mixed_model(sleepstudy):
+    gaussian = lmm_jax.fit(FORMULA, sleepstudy, family="gaussian")
+    assert gaussian.fixef.equals(lmm_jax.fit(FORMULA, sleepstudy).fixef)
+
+
 def test_infinite_response(sleepstudy):
     data = sleepstudy.copy()
     data.loc[0, "Reaction"] = np.inf
