@@ -79,8 +79,8 @@ def rlrt(result, term: str | None = None, nsim: int = 10000, seed: int = 0) -> d
     `result`: a REML `FitResult`; `term`: the tested scalar term (None when the model has
     one); `nsim` simulated draws of the null law; `seed` for `jax.random`. Returns a dict:
     `statistic`, `p_value` (share of draws greater than the statistic, as RLRsim's
-    p.value), `p_value_text` (`p_value_text`: "< 1e-04" for 10,000 draws none of which
-    exceeded the statistic), `nsim`, `term`, `null_law` ("exact" for a single-term model,
+    p.value), `p_value_text` (the p-value as text; "< 1/nsim", e.g. "< 1e-04" for 10,000
+    draws, where no draw exceeded the statistic), `nsim`, `term`, `null_law` ("exact" for a single-term model,
     "approximate (other terms ignored)" otherwise). A statistic of 0 gives p = 1 without
     simulating (nsim = 0), as RLRsim does.
     """
