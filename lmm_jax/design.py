@@ -265,7 +265,7 @@ def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame, built=None):
                                f"{spec.source!r}: {error}") from None
         built = (matrix, matrix.model_spec)
     matrix, model_spec = built
-    columns = tuple(_lme4_name(c) for c in matrix.model_spec.column_names)
+    columns = tuple(lme4_name(c) for c in matrix.model_spec.column_names)
     if not columns:
         raise FormulaError(f"random term {spec.source!r} has no columns (an empty left-hand side)")
     values = np.array(matrix, dtype=float)  # a copy: terms of one expression share `matrix`
@@ -292,7 +292,7 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame, built=None):
     if not np.all(np.isfinite(y)):
         raise DataError(f"the response {parsed.response!r} has non-finite values (inf, or NaN after a transform)")
     X = np.asarray(rhs, dtype=float)
-    names = [_lme4_name(c) for c in rhs.model_spec.column_names]
+    names = [lme4_name(c) for c in rhs.model_spec.column_names]
     _check_finite(X, names, f"fixed part {parsed.fixed!r}")
     return y, X, names, model_spec
 
@@ -317,7 +317,7 @@ def _check_finite(matrix: np.ndarray, names, where: str) -> None:
         raise DataError(f"non-finite values (inf or NaN) in column(s) {cols} of the {where}")
 
 
-def _lme4_name(column: str) -> str:
+def lme4_name(column: str) -> str:
     return "(Intercept)" if column == "Intercept" else str(column)
 
 
