@@ -63,6 +63,24 @@ def test_fixed_effect_correlation_headings_are_distinct():
     assert "Correlation matrix not shown by default, as p = 13 > 12." in big
 
 
+# lme4 1.1-31: print(summary(lmer(weight ~ Diet * Time + (1 | Rat), bodyweight))), blanks kept
+BODYWEIGHT_CORRELATION = """Correlation of Fixed Effects:
+            (Intr) DietD2 DietD3 Time   DtD2:T
+DietD2      -0.577                            
+DietD3      -0.577  0.333                     
+Time        -0.090  0.052  0.052              
+DietD2:Time  0.052 -0.090 -0.030 -0.577       
+DietD3:Time  0.052 -0.030 -0.090 -0.577  0.333
+"""
+
+
+def test_fixed_effect_correlation_table_is_lme4s_print():
+    """Headings abbreviated from R's names (`DietD2`, not formulaic's `Diet[T.D2]`, which
+    gave `Dt[T.D2]`), columns left-aligned as R prints a character matrix."""
+    text = lmm_jax.fit("weight ~ Diet * Time + (1 | Rat)", lmm_jax.datasets.load("bodyweight")).summary()
+    assert text.endswith(BODYWEIGHT_CORRELATION)
+
+
 def test_summary_of_a_weighted_fit_names_its_weights(sleepstudy):
     """lme4 1.1-31 prints 'Weights: w' under the formula (its REML criterion here 1734.3)."""
     import numpy as np
