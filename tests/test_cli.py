@@ -23,6 +23,7 @@ def test_cli_summary_and_csv(capsys, tmp_path, sleepstudy):
     assert main(["fit", str(path), "Reaction ~ Days + (1 | Subject)", "--method", "ML", "--no-cache"]) == 0
     text = capsys.readouterr().out
     assert "Linear mixed model fit by maximum likelihood" in text
+    assert "\n   Data: sleep.csv\n" in text
     assert "Number of obs: 180, groups:  Subject, 18" in text
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 import lmm_jax
@@ -61,6 +62,30 @@ def test_fixed_effect_correlation_headings_are_distinct():
     assert len(headings) == 10 and len(set(headings)) == 10
     big = lmm_jax.fit("weight ~ factor(Time) + Diet + (1 | Rat)", data).summary()
     assert "Correlation matrix not shown by default, as p = 13 > 12." in big
+
+
+def test_summary_names_its_data_as_lme4_does(sleepstudy):
+    """lme4 prints `Data: d` for lmer(f, d); the line was missing unless data_name= was given."""
+    sleep = sleepstudy.copy()
+    sleep.attrs = {}
+    assert "\n   Data: sleep\n" in lmm_jax.fit("Reaction ~ Days + (1 | Subject)", sleep).summary()
+
+
+def test_data_names_in_order_of_precedence():
+    """data_name= given; else the caller's one variable bound to the data; else attrs["name"]
+    (set by datasets.load); else none."""
+    from lmm_jax.data_names import data_name_of
+
+    bodyweight = lmm_jax.datasets.load("bodyweight")
+    assert bodyweight.attrs["name"] == "bodyweight"
+    assert data_name_of(bodyweight, "given") == "given"
+    assert data_name_of(bodyweight, None) == "bodyweight"
+    rats = bodyweight
+    assert data_name_of(rats, None) == "bodyweight"  # two variables: which is ambiguous
+    assert data_name_of(lmm_jax.datasets.load("dyestuff"), None) == "dyestuff"
+    _hidden = pd.DataFrame({"y": [1.0, 2.0]})
+    assert data_name_of(_hidden, None) is None
+    assert data_name_of({"y": [1.0, 2.0]}, None) is None
 
 
 # lme4 1.1-31: print(summary(lmer(weight ~ Diet * Time + (1 | Rat), bodyweight))), blanks kept
