@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .design import full_rank_columns
+from .errors import plain_message
 from .model_matrices import fit_context
 from .factor_levels import FACTOR_CALLS, PREDICT_CONTEXT
 
@@ -150,7 +151,8 @@ def _treatment_matrices(spec, terms, frame: pd.DataFrame) -> tuple[np.ndarray, l
 
 
 def _unbuildable(error: Exception) -> NotImplementedError:
-    return NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
+    return NotImplementedError(f"cannot build type III contrasts for this fixed part "
+                               f"({plain_message(error)}); "
                                "use result.test with your own L")
 
 
