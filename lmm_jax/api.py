@@ -18,7 +18,8 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
 
     `method` is "REML" (default) or "ML"; `data` a DataFrame or a dict of arrays (never
     modified); `data_name` the name summary() prints as `Data:` (default: the caller's
-    variable, or `data.attrs["name"]`, `data_names.py`); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
+    variable, or `data.attrs["name"]`, `data_names.py`); `weights` prior weights (an array
+    or a column name): Var(ε_i) = σ²/w_i.
     `known`: {grouping factor: K} gives a term (1 | g) the covariance σ_g² K for a known
     relationship matrix K over g's levels (`known_covariance.py`). Returns a `FitResult`.
 
