@@ -17,7 +17,9 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
     1743.63
 
     `method` is "REML" (default) or "ML"; `data` a DataFrame or a dict of arrays (never
-    modified); `weights` prior weights (an array or a column name): Var(ε_i) = σ²/w_i.
+    modified); `data_name` the name summary() prints as `Data:` (default: the caller's
+    variable, or `data.attrs["name"]`, `data_names.py`); `weights` prior weights (an array
+    or a column name): Var(ε_i) = σ²/w_i.
     `known`: {grouping factor: K} gives a term (1 | g) the covariance σ_g² K for a known
     relationship matrix K over g's levels (`known_covariance.py`). Returns a `FitResult`.
 
@@ -35,9 +37,11 @@ def fit(formula: str, data, method: str = "REML", weights=None, data_name: str |
     other family is a ValueError saying so, before the data are read.
     """
     _check_family(family)
+    from .data_names import data_name_of
     from .formula import parse_formula
     from .residual_design import looks_like_structure
 
+    data_name = data_name_of(data, data_name)
     fixed_only = not parse_formula(formula).random if isinstance(formula, str) else False
     if correlation is not None or looks_like_structure(weights) or fixed_only:
         from .residual_model import ResidualModel

@@ -8,7 +8,7 @@ Each column of Y (n x B) replaces the formula's response in turn; X, Z and the p
 weights are built once. The fit of one response is `model.fit_arrays`, plus the standard
 errors SE(β̂_j) = √(σ̂² [(X'V₀⁻¹X)⁻¹]_jj) from the same blocked factor. The B fits run as
 `jax.lax.map(fit, Y', batch_size=batch_size)` inside one jit, over host-side chunks of at
-most `chunk_size` responses (bounded memory; one progress-bar step per chunk). All chunks
+most `chunk_size` responses (bounded memory; a progress bar counts the fits). All chunks
 have the same length (the last is padded with repeats of its last response, then cut),
 so the program is compiled once (ahead of time, then reused); the chunk length is a
 multiple of the batch size, so `lax.map` has no remainder group to compile either. On a

@@ -104,6 +104,7 @@ def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: in
         return place(jax.tree_util.tree_map(lambda a: a[c * per_chunk:(c + 1) * per_chunk], padded), mesh)
 
     static = dict(static, batch_size=batch_size, mesh=mesh)
+    bar = progress_bar(n_items, desc) if progress and n_chunks > 1 else None
     with precision(dtype):
         # stored programs (`exported_programs.py`) only unsharded: a sharded program is tied
         # to its devices
@@ -114,11 +115,21 @@ def run_in_chunks(function, items, consts: dict, static: dict, *, batch_size: in
         with precision(dtype):  # a thread-local setting: entered in the thread that calls
             return jax.device_get(program(items=chunk(c), **consts))
 
+    outputs = []
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        results = pool.map(run, range(n_chunks))
-        if progress and n_chunks > 1:
-            from tqdm.auto import tqdm
-
-            results = tqdm(results, total=n_chunks, desc=desc, unit="chunk")
-        outputs = list(results)
+        for c, output in enumerate(pool.map(run, range(n_chunks))):
+            outputs.append(output)
+            if bar is not None:  # the chunk's real items, not its padding
+                bar.set_postfix_str("", refresh=False)
+                bar.update(max(0, min(per_chunk, n_items - c * per_chunk)))
+    if bar is not None:
+        bar.close()
     return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:n_items], *outputs)
+
+
+def progress_bar(n_items: int, desc: str):
+    """A tqdm bar counting the `n_items` fits, saying "compiling" until the first chunk is
+    done (the compile takes seconds, and a bar at 0 said nothing)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_items, desc=desc, unit="fit", postfix="compiling")

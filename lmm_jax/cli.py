@@ -4,32 +4,18 @@ DATA is a CSV file or the name of a bundled data set (`lmm-jax datasets` lists t
 Compiled programs are kept in JAX's persistent compilation cache so that a second
 process fitting a model of the same shape skips compilation; the cache lives in
 $LMM_JAX_CACHE_DIR (default ~/.cache/lmm_jax), or --cache-dir, and `--no-cache` turns it off.
+The command line is parsed by `lmm_jax_cli` (the console entry point, which imports no JAX);
+input that cannot be fitted exits 2 with a message.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmm-jax", description="Linear mixed models on JAX (lme4 formulas).")
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="fit a model and print lme4's summary (or JSON)")
-    fit.add_argument("data", help="a CSV file, or the name of a bundled data set")
-    fit.add_argument("formula", help="lme4 formula, e.g. 'Reaction ~ Days + (Days | Subject)'")
-    fit.add_argument("--method", default="REML", choices=["REML", "ML"])
-    fit.add_argument("--correlation", default=None, help="residual correlation, e.g. 'ar1(~ 1 | Subject)'")
-    fit.add_argument("--weights", default=None, help="variance function, e.g. 'ident(~ 1 | age)'")
-    fit.add_argument("--json", action="store_true", help="print the result's to_dict() as JSON")
-    fit.add_argument("--cache-dir", default=None, help="JAX compilation cache folder")
-    fit.add_argument("--no-cache", action="store_true", help="do not use the compilation cache")
-    commands.add_parser("datasets", help="list the bundled data sets")
-    return parser
+from lmm_jax_cli import parser
 
 
 def _enable_cache(args) -> None:
@@ -40,20 +26,33 @@ def _enable_cache(args) -> None:
 
 
 def _load(data: str):
+    """(frame, name) of a CSV file or a bundled data set; what cannot be read is a DataError."""
     import pandas as pd
 
     from . import datasets
+    from .errors import DataError
 
-    if Path(data).is_file():
-        return pd.read_csv(data), Path(data).name
-    if data in datasets.names():
+    if data in datasets.names() and not Path(data).is_file():
         return datasets.load(data), data
-    raise SystemExit(f"lmm-jax: {data!r} is neither a CSV file nor a bundled data set "
-                     f"({', '.join(datasets.names())})")
+    try:
+        return pd.read_csv(data), Path(data).name
+    except FileNotFoundError:
+        raise DataError(f"{data!r} is neither a CSV file nor a bundled data set "
+                        f"({', '.join(datasets.names())})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"the CSV file {data!r} is empty: it needs a header line of column names "
+                        "and rows of data") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, IsADirectoryError, PermissionError) as error:
+        raise DataError(f"cannot read {data!r} as a CSV file: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """The command `lmm-jax` with arguments `argv` (default: the process's); its exit code."""
+    return execute(parser().parse_args(argv))
+
+
+def execute(args) -> int:
+    """Run a parsed command: 0, or 2 with a message on stderr for input that cannot be fitted."""
     from . import datasets
 
     if args.command == "datasets":
@@ -62,17 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _enable_cache(args)
     from .api import fit
-    from .design import DataError
+    from .errors import DataError, plain_message
     from .formula import FormulaError
 
-    frame, name = _load(args.data)
     try:
+        frame, name = _load(args.data)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = fit(args.formula, frame, method=args.method, data_name=name,
                          correlation=args.correlation, weights=args.weights)
     except (DataError, FormulaError) as error:
-        print(f"lmm-jax: {error}", file=sys.stderr)
+        print(f"lmm-jax: {plain_message(error)}", file=sys.stderr)
         return 2
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
@@ -81,15 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The console entry point: `main`, then the process ends as soon as its output is
-    flushed. Python's own shutdown (tearing down jax's, pandas' and formulaic's modules and
-    JAX's CPU client) took ~0.25 s of a ~1 s command; nothing is left to write by then (the
-    stored programs and JAX's cache are written when compiled). Errors that stop `main`
-    (`SystemExit` from argument parsing) exit the usual way."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """`python -m lmm_jax.cli`: the `lmm-jax` command (`lmm_jax_cli.run`)."""
+    from lmm_jax_cli import run as run_command
+
+    run_command()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 with ν from Satterthwaite (`satterthwaite.py`, lmerTest's contestMD) or Kenward-Roger
 (`kenward_roger.py`, pbkrtest's KRmodcomp: F scaled by λ, Φ_A in place of C). `anova` tests
-each fixed-effect term with lmerTest's type III contrasts (`type3.py`); its `Sum Sq` is
+each fixed-effect term with lmerTest's type I, II or III contrasts (`anova_types.py`); its `Sum Sq` is
 lmerTest's F σ̂² q (unscaled F for Kenward-Roger) and `Mean Sq` = F σ̂².
 """
 
@@ -85,14 +85,16 @@ def contrast_test(result, L, ddf: str = "Satterthwaite") -> pd.Series:
     return pd.Series({k: v for k, v in out.items() if k != "method"}, dtype=float, name=out["method"])
 
 
-def anova_table(result, ddf: str = "Satterthwaite") -> pd.DataFrame:
-    """lmerTest's `anova(m)`: per fixed-effect term its type III F test (`type3.py`)."""
-    from .type3 import type3_contrasts
+def anova_table(result, ddf: str = "Satterthwaite", type=3) -> pd.DataFrame:
+    """lmerTest's `anova(m, type)`: per fixed-effect term its type I, II or III F test
+    (`anova_types.py`)."""
+    from .anova_types import anova_type, term_contrasts
 
+    contrast_type = anova_type(type)
     method = check_method(ddf, result.model.shape)
     beta, terms = result.fixef.to_numpy(), result.small_sample_terms()
     rows = {}
-    for name, L in type3_contrasts(result.design).items():
+    for name, L in term_contrasts(result.design, contrast_type).items():
         if L.shape[0] == 0:  # nothing left to test (lmerTest: an empty row)
             rows[name] = dict.fromkeys(["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"], np.nan)
             continue

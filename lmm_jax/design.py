@@ -17,7 +17,7 @@ import pandas as pd
 
 from .covariance_structures import Diagonal
 from .custom_structures import structure_for_term
-from .errors import DataError
+from .errors import DataError, plain_message
 from .factor_levels import as_factors
 from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
 from .formula_columns import formulaic_formula, outside_given_levels, used_columns
@@ -262,10 +262,10 @@ def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame, built=None):
             matrix = materialise(formulaic_formula(spec.expr), frame)
         except Exception as error:
             raise FormulaError(f"cannot build the model matrix of {spec.expr!r} in random term "
-                               f"{spec.source!r}: {error}") from None
+                               f"{spec.source!r}: {plain_message(error)}") from None
         built = (matrix, matrix.model_spec)
     matrix, model_spec = built
-    columns = tuple(_lme4_name(c) for c in matrix.model_spec.column_names)
+    columns = tuple(lme4_name(c) for c in matrix.model_spec.column_names)
     if not columns:
         raise FormulaError(f"random term {spec.source!r} has no columns (an empty left-hand side)")
     values = np.array(matrix, dtype=float)  # a copy: terms of one expression share `matrix`
@@ -282,7 +282,8 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame, built=None):
         try:
             matrices = materialise(formulaic_formula(parsed.fixed), frame)
         except Exception as error:
-            raise FormulaError(f"cannot build the fixed-effects model matrix of {parsed.fixed!r}: {error}") from None
+            raise FormulaError(f"cannot build the fixed-effects model matrix of {parsed.fixed!r}: "
+                               f"{plain_message(error)}") from None
         built = (matrices.lhs, matrices.rhs, matrices.rhs.model_spec)
     lhs, rhs, model_spec = built
     if lhs is not None and lhs.shape[1] != 1:
@@ -292,7 +293,7 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame, built=None):
     if not np.all(np.isfinite(y)):
         raise DataError(f"the response {parsed.response!r} has non-finite values (inf, or NaN after a transform)")
     X = np.asarray(rhs, dtype=float)
-    names = [_lme4_name(c) for c in rhs.model_spec.column_names]
+    names = [lme4_name(c) for c in rhs.model_spec.column_names]
     _check_finite(X, names, f"fixed part {parsed.fixed!r}")
     return y, X, names, model_spec
 
@@ -317,7 +318,7 @@ def _check_finite(matrix: np.ndarray, names, where: str) -> None:
         raise DataError(f"non-finite values (inf or NaN) in column(s) {cols} of the {where}")
 
 
-def _lme4_name(column: str) -> str:
+def lme4_name(column: str) -> str:
     return "(Intercept)" if column == "Intercept" else str(column)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from . import _config  # noqa: F401  (float64)
+from .errors import plain_message
 from .fay_herriot_estimators import METHODS, fit_fay_herriot
 from .fay_herriot_mse import predict
 
@@ -111,7 +112,7 @@ def _area_arrays(formula: str, data, sampling_variance: str):
     try:
         needed = sorted(formulaic.Formula(formula).required_variables)
     except Exception as error:
-        raise ValueError(f"cannot parse formula {formula!r}: {error}") from None
+        raise ValueError(f"cannot parse formula {formula!r}: {plain_message(error)}") from None
     _check_columns(frame, needed + [sampling_variance], sampling_variance)
     D = frame[sampling_variance].to_numpy(dtype=float)
     bad = ~np.isfinite(D) | (D <= 0)

@@ -24,6 +24,7 @@ from functools import lru_cache
 import formulaic
 
 from .custom_structures import structure_keywords
+from .errors import plain_message
 
 _NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
 _OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.S)
@@ -138,6 +139,7 @@ def _random_term(part: str) -> list[RandomTermSpec] | None:
     keyword, inner = match.group(1), match.group(2)
     pieces = _split_top_level(inner, "|")
     if len(pieces) == 1:
+        _check_bar_not_missing(part, keyword, inner)
         return None  # a parenthesised fixed-effect expression or a function call
     if keyword is not None and keyword not in structure_keywords():
         raise FormulaError(
@@ -157,6 +159,19 @@ def _random_term(part: str) -> list[RandomTermSpec] | None:
     exprs = _uncorrelated_exprs(expr, part) if uncorrelated else [expr]
     return [RandomTermSpec(e, factors, keyword or "us", part)
             for factors in _grouping_factors(group, part) for e in exprs]
+
+
+def _check_bar_not_missing(part: str, keyword: str | None, inner: str) -> None:
+    """`(x g)` or `ar1(x g)` without a bar is a random term missing its '|' (formulaic would
+    report a fixed-part error, "missing operator"): raised when `part` is one parenthesised
+    group, bare or after a structure keyword, whose inside formulaic cannot parse."""
+    if keyword is not None and keyword not in structure_keywords() or not _balanced(inner):
+        return  # a function call, or '(a):(b)', not one group
+    try:
+        _expanded_terms(inner)
+    except Exception:
+        raise FormulaError(f"term {part!r} reads as a random-effect term without its '|': write "
+                           f"'{keyword or ''}(expr | group)', e.g. '{keyword or ''}(x | g)'") from None
 
 
 def _grouping_factors(group: str, part: str) -> list[tuple[str, ...]]:
@@ -188,7 +203,8 @@ def _uncorrelated_exprs(expr: str, part: str) -> list[str]:
     try:
         terms = _expanded_terms(expr)
     except Exception as error:  # formulaic's parse errors
-        raise FormulaError(f"random term {part!r}: cannot parse {expr!r} before '||': {error}") from None
+        raise FormulaError(f"random term {part!r}: cannot parse {expr!r} before '||': "
+                           f"{plain_message(error)}") from None
     return [term if term == "1" else f"0 + {term}" for term in terms]
 
 
@@ -197,6 +213,16 @@ def _expanded_terms(expr: str) -> tuple[str, ...]:
     """formulaic's terms of `expr`, cached: a parse costs ~0.13 ms, ~10x the rest of
     `parse_formula`, on every fit."""
     return tuple(str(term) for term in formulaic.Formula(expr))
+
+
+def _balanced(text: str) -> bool:
+    """Whether no ')' in `text` closes a '(' before it (`a):(b` is not)."""
+    depth = 0
+    for char in text:
+        depth += (char == "(") - (char == ")")
+        if depth < 0:
+            return False
+    return True
 
 
 def _check_parentheses(text: str) -> None:

@@ -17,7 +17,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, plain_message
 from .factor_levels import FACTOR_CALLS
 from .formula import FormulaError, ParsedFormula
 
@@ -34,14 +34,15 @@ def used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     try:
         fixed_vars = formula_variables(parsed.fixed, frame)
     except Exception as error:  # formulaic's parse errors
-        raise FormulaError(f"cannot parse the fixed part {parsed.fixed!r}: {error}") from None
+        raise FormulaError(f"cannot parse the fixed part {parsed.fixed!r}: {plain_message(error)}") from None
     for var in sorted(fixed_vars):
         needed.setdefault(var, f"fixed part {parsed.fixed!r}")
     for spec in parsed.random:
         try:
             expr_vars = formula_variables(spec.expr, frame)
         except Exception as error:
-            raise FormulaError(f"cannot parse {spec.expr!r} in random term {spec.source!r}: {error}") from None
+            raise FormulaError(f"cannot parse {spec.expr!r} in random term {spec.source!r}: "
+                               f"{plain_message(error)}") from None
         for var in sorted(expr_vars) + list(spec.factors):
             needed.setdefault(var, f"random term {spec.source!r}")
     for var, where in needed.items():

@@ -10,6 +10,7 @@ import pandas as pd
 from formulaic.errors import DataMismatchWarning
 
 from .design import DataError
+from .errors import plain_message
 from .formula_columns import categorical_call_column
 from .grouping_factors import row_labels
 from .factor_levels import PREDICT_CONTEXT, as_factors
@@ -66,7 +67,7 @@ def _matrix(model_spec, frame: pd.DataFrame, where: str):
             warnings.simplefilter("error", DataMismatchWarning)
             return model_spec.get_model_matrix(frame, na_action="raise", context=PREDICT_CONTEXT)
     except Exception as error:
-        raise DataError(f"cannot build the {where} for newdata: {error}") from None
+        raise DataError(f"cannot build the {where} for newdata: {plain_message(error)}") from None
 
 
 def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:

@@ -5,12 +5,14 @@
 many decimals as the entry that needs most to show `digits` significant digits, unless
 scientific notation is narrower (`1.047e-05`). `zapsmall` and `round_half_even` are R's
 `zapsmall` and `round`. `abbreviate_unique(names, minlength)` is R's `abbreviate()`,
-which lengthens the abbreviations of names that would collide until all are distinct.
+which lengthens the abbreviations of names that would collide until all are distinct;
+`r_coefficient_name` turns formulaic's coefficient names into R's.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -102,3 +104,9 @@ def abbreviate_unique(names, minlength: int) -> list[str]:
         clashing = {a for a in out if out.count(a) > 1}
         out = [abbreviate(name, length) if a in clashing else a for name, a in zip(names, out)]
     return out
+
+
+def r_coefficient_name(name: str) -> str:
+    """R's name of a coefficient formulaic names: a factor's level glued to the factor's
+    name, `Diet[T.D2]:Time` -> `DietD2:Time` (and `x[L]` -> `xL`, `[.L]` -> `.L`)."""
+    return re.sub(r"\[(?:T\.)?([^\[\]]*)\]", r"\1", name)

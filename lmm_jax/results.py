@@ -269,11 +269,13 @@ class FitResult:
 
         return contrast_test(self, L, ddf)
 
-    def anova(self, ddf: str = "Satterthwaite"):
-        """lmerTest's type III ANOVA table of the fixed-effect terms (`contrasts.py`)."""
+    def anova(self, ddf: str = "Satterthwaite", type=3):
+        """lmerTest's ANOVA table of the fixed-effect terms, `anova(m, type, ddf)`: type 3
+        (the default, marginal), 2 (car's marginality principle) or 1 (sequential), also
+        spelt "I", "II", "III" (`contrasts.py`, `anova_types.py`)."""
         from .contrasts import anova_table
 
-        return anova_table(self, ddf)
+        return anova_table(self, ddf, type)
 
     # ----- prediction ---------------------------------------------------------------
     def predict(self, newdata=None, random_effects: bool = True) -> np.ndarray:

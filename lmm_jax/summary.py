@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .r_format import abbreviate_unique, format_numbers, round_half_even, zapsmall
+from .r_format import abbreviate_unique, format_numbers, r_coefficient_name, round_half_even, zapsmall
 
 DIGITS = 4  # lme4's print.summary.merMod: max(3, getOption("digits") - 3)
 
@@ -141,9 +141,10 @@ MAX_CORRELATION_TABLE = 12  # lme4 prints the fixed effects' correlations for p 
 
 
 def _fixed_correlation(result) -> str:
-    """lme4's table: rounded to 3 decimals, rows named by R's abbreviate(names, 11),
-    columns by abbreviate(names, 6) (lengthened until distinct); for more than 12
-    coefficients only lme4's note."""
+    """lme4's table: `format(round(corr, 3), nsmall = 3)` (one width for all), rows named by
+    R's abbreviate(names, 11), columns by abbreviate(names, 6) (lengthened until distinct)
+    of R's coefficient names (`r_coefficient_name`), printed as R prints a character matrix
+    (left-aligned, blanks kept); for more than 12 coefficients only lme4's note."""
     p = len(result.fixef)
     if p < 2:
         return ""
@@ -152,14 +153,16 @@ def _fixed_correlation(result) -> str:
                 "Use result.vcov (and its correlations) if you need it\n")
     vcov = result.vcov.to_numpy()
     sd = np.sqrt(np.diag(vcov))
-    corr = vcov / np.outer(sd, sd)
-    rows, columns = abbreviate_unique(result.fixef.index, 11), abbreviate_unique(result.fixef.index, 6)
-    cells = [[f"{round_half_even(corr[i, j], 3):.3f}" if j < i else "" for j in range(p - 1)] for i in range(1, p)]
-    widths = [max([len(columns[j])] + [len(row[j]) for row in cells]) for j in range(p - 1)]
+    texts = [f"{v:.3f}" for v in round_half_even(vcov / np.outer(sd, sd), 3).ravel()]
+    width = max(len(t) for t in texts)
+    cells = [[texts[i * p + j].rjust(width) if j < i else "" for j in range(p - 1)] for i in range(1, p)]
+    names = [r_coefficient_name(n) for n in result.fixef.index]
+    rows, columns = abbreviate_unique(names, 11), abbreviate_unique(names, 6)
+    widths = [max(len(columns[j]), width) for j in range(p - 1)]
     row_width = max(len(r) for r in rows[1:])
-    lines = [" " * row_width + " " + " ".join(c.rjust(w) for c, w in zip(columns[:-1], widths))]
+    lines = [" " * row_width + " " + " ".join(c.ljust(w) for c, w in zip(columns[:-1], widths))]
     for name, row in zip(rows[1:], cells):
-        lines.append((name.ljust(row_width) + " " + " ".join(c.rjust(w) for c, w in zip(row, widths))).rstrip())
+        lines.append(name.ljust(row_width) + " " + " ".join(c.ljust(w) for c, w in zip(row, widths)))
     return "Correlation of Fixed Effects:\n" + "\n".join(lines) + "\n"
 
 

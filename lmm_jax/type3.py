@@ -30,13 +30,14 @@ import numpy as np
 import pandas as pd
 
 from .design import full_rank_columns
+from .errors import plain_message
 from .model_matrices import fit_context
 from .factor_levels import FACTOR_CALLS, PREDICT_CONTEXT
 
 TOLERANCE = 1e-8
 
 
-def _variables(spec) -> tuple[dict, list]:
+def fixed_terms(spec) -> tuple[dict, list]:
     """{variable: categories or None (numeric)} and the non-intercept terms of the fixed spec."""
     kinds = {}
     for name, (kind, state) in spec.encoder_state.items():
@@ -99,7 +100,7 @@ def type3_contrasts(design) -> dict[str, np.ndarray]:
     are handled as lmerTest's `get_contrasts_type3` handles them: the contrasts of the
     treatment-coded X_t, mapped to X's coefficients by L = L_t X_t⁺X (Xβ = X_tβ_t)."""
     spec = design.fixed_spec
-    kinds, terms = _variables(spec)
+    kinds, terms = fixed_terms(spec)
     columns = _column_map(spec, terms)
     if design.dropped_columns:
         return _rank_deficient_contrasts(design, kinds, terms, columns)
@@ -150,7 +151,8 @@ def _treatment_matrices(spec, terms, frame: pd.DataFrame) -> tuple[np.ndarray, l
 
 
 def _unbuildable(error: Exception) -> NotImplementedError:
-    return NotImplementedError(f"cannot build type III contrasts for this fixed part ({error}); "
+    return NotImplementedError(f"cannot build type III contrasts for this fixed part "
+                               f"({plain_message(error)}); "
                                "use result.test with your own L")
 
 
@@ -198,14 +200,21 @@ def _treatment_contrasts(X: np.ndarray, full: list, columns: list, has_intercept
     return [L0[at_x][:, cols].T for cols in columns]
 
 
+def containing_terms(terms, kinds: dict) -> dict[str, list[str]]:
+    """lmerTest's `containment`: per term, the terms containing it (T ⊂ T₂: T₂ has all of T's
+    contrast-coded variables and more, and the same numeric ones; module docstring)."""
+    variables = _contrast_coded_variables({str(t): _term_variables(t) for t in terms})
+    numerics = {k: {v for v in vs if kinds.get(v) is None} for k, vs in variables.items()}
+    return {term: [t for t in variables if variables[term] < variables[t]
+                   and numerics[term] == numerics[t]] for term in variables}
+
+
 def _orthogonalise(L0: np.ndarray, terms, columns: dict, kinds: dict) -> None:
     """From the highest order down: a term's columns -> residuals on its containing terms'."""
-    all_variables = {str(t): _term_variables(t) for t in terms}
-    variables = _contrast_coded_variables(all_variables)
-    numerics = {k: {v for v in vs if kinds.get(v) is None} for k, vs in variables.items()}
-    for term in sorted(variables, key=lambda k: -len(all_variables[k])):  # by order: all variables
-        containing = [t for t in variables if variables[term] < variables[t]
-                      and numerics[term] == numerics[t]]
+    order = {str(t): len(_term_variables(t)) for t in terms}
+    contained_in = containing_terms(terms, kinds)
+    for term in sorted(order, key=lambda k: -order[k]):  # by order: all variables
+        containing = contained_in[term]
         if not containing:
             continue
         basis = L0[:, [c for t in containing for c in columns[t]]]

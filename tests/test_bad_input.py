@@ -114,6 +114,9 @@ def test_one_level_fixed_factor(sleepstudy):
     ("Reaction ~ Days + + (1 | Subject)", r"empty term"),
     ("Reaction ~ Days + foo(1 | Subject)", r"unknown covariance structure 'foo'"),
     ("Reaction ~ Days + (1 | Sub-ject)", r"grouping factor 'Sub-ject' is not a column name"),
+    # formulaic's "Missing operator" in the fixed part, for a random term without its bar
+    ("Reaction ~ Days + (Days Subject)", r"'\(Days Subject\)' reads as a random-effect term without its"),
+    ("Reaction ~ Days + ar1(1 Subject)", r"without its '\|': write 'ar1\(expr \| group\)'"),
     # formulaic read `offset` as a column: "column 'offset' ... is not in the data"
     ("Reaction ~ Days + offset(2 * Days) + (1 | Subject)",
      r"offset\(\) terms are not supported; .* 'I\(Reaction - \(2 \* Days\)\) ~ \.\.\.'"),

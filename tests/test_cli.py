@@ -20,15 +20,63 @@ def test_cli_json_matches_reference(capsys, tmp_path):
 def test_cli_summary_and_csv(capsys, tmp_path, sleepstudy):
     path = tmp_path / "sleep.csv"
     sleepstudy.to_csv(path, index=False)
-    assert main(["fit", str(path), "Reaction ~ Days + (1 | Subject)", "--method", "ML", "--no-cache"]) == 0
+    assert main(["fit", str(path), "Reaction ~ Days + (1 | Subject)", "--method", "ml", "--no-cache"]) == 0
     text = capsys.readouterr().out
     assert "Linear mixed model fit by maximum likelihood" in text
+    assert "\n   Data: sleep.csv\n" in text
     assert "Number of obs: 180, groups:  Subject, 18" in text
 
 
 def test_cli_reports_bad_formula(capsys):
     assert main(["fit", "sleepstudy", "Reaction ~ Days + (Days | Subjec)", "--no-cache"]) == 2
     assert "column 'Subjec'" in capsys.readouterr().err
+
+
+def test_cli_accepts_the_method_in_any_case():
+    """fit(method="ml") is accepted; the command line refused `--method ml`."""
+    from lmm_jax_cli import parser
+
+    assert parser().parse_args(["fit", "d", "y ~ x", "--method", "ml"]).method == "ML"
+    assert parser().parse_args(["fit", "d", "y ~ x", "--method", "Reml"]).method == "REML"
+
+
+@pytest.mark.parametrize("data, formula, message", [
+    ("empty.csv", "y ~ x + (1 | g)", "the CSV file '.*empty.csv' is empty"),
+    ("missing.csv", "y ~ x + (1 | g)", "'.*missing.csv' is neither a CSV file nor a bundled data set"),
+    ("sleepstudy", "Reaction ~ Days + (Days Subject)",
+     "term '\\(Days Subject\\)' reads as a random-effect term without its '\\|'"),
+    ("sleepstudy", "Reaction ~ Days Subject + (1 | Subject)",
+     "Missing operator between `Days` and `Subject`"),
+])
+def test_cli_input_errors_exit_2_with_a_plain_message(capsys, tmp_path, data, formula, message):
+    """An empty CSV gave pandas' EmptyDataError traceback, a missing file exit code 1, a random
+    term without its bar a fixed-part error, and formulaic's messages came with terminal
+    colour codes (ESC[1;31m) into pipes."""
+    import re
+
+    (tmp_path / "empty.csv").write_text("")
+    path = data if data == "sleepstudy" else str(tmp_path / data)
+    assert main(["fit", path, formula, "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.startswith("lmm-jax: ")
+    assert "\x1b" not in err and "Traceback" not in err
+
+
+def test_cli_help_imports_no_jax():
+    """`lmm-jax --help` imported lmm_jax (JAX, pandas, formulaic: 1.9-4 s) before parsing."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    script = ("import sys\nsys.argv = ['lmm-jax', '--help']\nfrom lmm_jax_cli import run\ntry:\n    run()\n"
+              "except SystemExit as stop:\n"
+              "    print(stop.code, 'jax' in sys.modules, 'lmm_jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert "usage: lmm-jax" in out.stdout
+    assert out.stdout.splitlines()[-1] == "0 False False"
 
 
 def run_cli(*options, formula="Reaction ~ Days + (Days | Subject)"):

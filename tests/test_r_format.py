@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmm_jax.r_format import abbreviate_unique, format_numbers, zapsmall
+from lmm_jax.r_format import abbreviate_unique, format_numbers, r_coefficient_name, zapsmall
 
 # R 4.2.2: format(x, digits = d)
 FORMAT_CASES = [
@@ -49,3 +49,12 @@ def test_abbreviate_is_rs_abbreviate():
     """Spaces do not count and go last; colliding abbreviations are lengthened until distinct."""
     assert abbreviate_unique(NAMES, 6) == SIX
     assert abbreviate_unique(NAMES, 11) == ELEVEN
+
+
+def test_r_coefficient_names():
+    """R 4.2.2's colnames(model.matrix(~ tr * x)), (~ 0 + tr), (~ C(tr, contr.poly)) of
+    formulaic's names; abbreviate(R's names, 6) is lme4's correlation headings."""
+    formulaic = ["tr[T.drugB]", "tr[T.placebo]", "tr[T.drugB]:x", "tr[drugA]", "C(tr, contr.poly)[.L]", "x"]
+    r_names = ["trdrugB", "trplacebo", "trdrugB:x", "trdrugA", "C(tr, contr.poly).L", "x"]
+    assert [r_coefficient_name(n) for n in formulaic] == r_names
+    assert abbreviate_unique(["(Intercept)", "trdrugB", "trplacebo"], 6) == ["(Intr)", "trdrgB", "trplcb"]

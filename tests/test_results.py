@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import lmm_jax
@@ -62,6 +63,48 @@ def test_fixed_effect_correlation_headings_are_distinct():
     assert len(headings) == 10 and len(set(headings)) == 10
     big = lmm_jax.fit("weight ~ factor(Time) + Diet + (1 | Rat)", data).summary()
     assert "Correlation matrix not shown by default, as p = 13 > 12." in big
+
+
+def test_summary_names_its_data_as_lme4_does(sleepstudy):
+    """lme4 prints `Data: d` for lmer(f, d); the line was missing unless data_name= was given."""
+    sleep = sleepstudy.copy()
+    sleep.attrs = {}
+    assert "\n   Data: sleep\n" in lmm_jax.fit("Reaction ~ Days + (1 | Subject)", sleep).summary()
+
+
+def test_data_names_in_order_of_precedence():
+    """data_name= given; else the caller's one variable bound to the data; else attrs["name"]
+    (set by datasets.load); else none."""
+    from lmm_jax.data_names import data_name_of
+
+    bodyweight = lmm_jax.datasets.load("bodyweight")
+    assert bodyweight.attrs["name"] == "bodyweight"
+    assert data_name_of(bodyweight, "given") == "given"
+    assert data_name_of(bodyweight, None) == "bodyweight"
+    rats = bodyweight
+    assert data_name_of(rats, None) == "bodyweight"  # two variables: which is ambiguous
+    assert data_name_of(lmm_jax.datasets.load("dyestuff"), None) == "dyestuff"
+    _hidden = pd.DataFrame({"y": [1.0, 2.0]})
+    assert data_name_of(_hidden, None) is None
+    assert data_name_of({"y": [1.0, 2.0]}, None) is None
+
+
+# lme4 1.1-31: print(summary(lmer(weight ~ Diet * Time + (1 | Rat), bodyweight))), blanks kept
+BODYWEIGHT_CORRELATION = """Correlation of Fixed Effects:
+            (Intr) DietD2 DietD3 Time   DtD2:T
+DietD2      -0.577                            
+DietD3      -0.577  0.333                     
+Time        -0.090  0.052  0.052              
+DietD2:Time  0.052 -0.090 -0.030 -0.577       
+DietD3:Time  0.052 -0.030 -0.090 -0.577  0.333
+"""
+
+
+def test_fixed_effect_correlation_table_is_lme4s_print():
+    """Headings abbreviated from R's names (`DietD2`, not formulaic's `Diet[T.D2]`, which
+    gave `Dt[T.D2]`), columns left-aligned as R prints a character matrix."""
+    text = lmm_jax.fit("weight ~ Diet * Time + (1 | Rat)", lmm_jax.datasets.load("bodyweight")).summary()
+    assert text.endswith(BODYWEIGHT_CORRELATION)
 
 
 def test_summary_of_a_weighted_fit_names_its_weights(sleepstudy):

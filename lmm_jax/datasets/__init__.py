@@ -45,7 +45,8 @@ def describe(name: str) -> str:
 
 
 def load(name: str) -> pd.DataFrame:
-    """Load bundled data set `name` as a new DataFrame (the caller may modify it freely)."""
+    """Load bundled data set `name` as a new DataFrame (the caller may modify it freely),
+    named in its `attrs["name"]`."""
     _check_name(name)
     folder = resources.files(__name__) / "data"
     for suffix in (".csv", ".csv.gz"):
@@ -53,7 +54,9 @@ def load(name: str) -> pd.DataFrame:
         if path.is_file():
             with resources.as_file(path) as real_path:
                 text = {column: str for column in _TEXT_COLUMNS.get(name, [])}
-                return pd.read_csv(real_path, dtype=text)
+                frame = pd.read_csv(real_path, dtype=text)
+                frame.attrs["name"] = name  # summary()'s `Data:` line (`data_names.py`)
+                return frame
     raise FileNotFoundError(f"bundled data set {name!r} is missing from the installation")
 
 
