@@ -25,6 +25,8 @@ import pandas as pd
 from . import _config  # noqa: F401  (float64)
 from .fay_herriot_estimators import METHODS, fit_fay_herriot
 from .fay_herriot_mse import predict
+from .input_checks import float_values
+from .model_matrices import lme4_column_names
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def _area_arrays(formula: str, data, sampling_variance: str):
     except Exception as error:
         raise ValueError(f"cannot parse formula {formula!r}: {error}") from None
     _check_columns(frame, needed + [sampling_variance], sampling_variance)
-    D = frame[sampling_variance].to_numpy(dtype=float)
+    D = float_values(frame[sampling_variance], f"sampling-variance column {sampling_variance!r}")
     bad = ~np.isfinite(D) | (D <= 0)
     if bad.any():
         raise ValueError(f"sampling variances {sampling_variance!r} must be positive and finite: "
@@ -122,7 +124,7 @@ def _area_arrays(formula: str, data, sampling_variance: str):
     matrices = formulaic.model_matrix(formula, frame, na_action="raise")
     y = _response(matrices, formula)
     X = np.asarray(matrices.rhs, dtype=float)
-    names = tuple("(Intercept)" if c == "Intercept" else str(c) for c in matrices.rhs.columns)
+    names = tuple(lme4_column_names(matrices.rhs.model_spec))
     bad = [name for name, column in zip(names, X.T) if not np.all(np.isfinite(column))]
     if bad:
         raise ValueError(f"covariate column(s) {bad} of {formula!r} have infinite values")

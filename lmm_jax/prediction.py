@@ -11,8 +11,9 @@ from formulaic.errors import DataMismatchWarning
 
 from .design import DataError
 from .formula_columns import categorical_call_column
-from .grouping_factors import row_labels
+from .grouping_factors import row_keys
 from .factor_levels import PREDICT_CONTEXT, as_factors
+from .model_matrices import lme4_column_names
 
 
 def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
@@ -27,7 +28,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
         out[complete] = predict(result, frame.loc[complete], random_effects) if complete.any() else []
         return out
     X = _matrix(design.fixed_spec, frame, "fixed part")
-    names = [("(Intercept)" if c == "Intercept" else c) for c in X.model_spec.column_names]
+    names = lme4_column_names(X.model_spec)
     keep = [names.index(n) for n in design.fixed_names]
     out = np.asarray(X, dtype=float)[:, keep] @ result.fixef.to_numpy()
     if not random_effects:
@@ -38,9 +39,8 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
             raise DataError(f"newdata lacks grouping column(s) {missing} of random term {term.spec.source!r}; "
                             "pass random_effects=False for population predictions")
         values = np.asarray(_matrix(term.model_spec, frame, f"random term {term.spec.source!r}"), dtype=float)
-        position = {label: i for i, label in enumerate(term.levels)}
-        labels = row_labels(frame, term.spec.factors)
-        index = np.array([position.get(label, -1) for label in labels], dtype=int)
+        position = {key: i for i, key in enumerate(term.level_keys)}
+        index = np.array([position.get(key, -1) for key in row_keys(frame, term.spec.factors)], dtype=int)
         effects = np.where((index >= 0)[:, None], modes[np.maximum(index, 0)], 0.0)
         out = out + np.sum(values * effects, axis=1)
     return out
