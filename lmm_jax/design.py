@@ -22,7 +22,8 @@ from .factor_levels import as_factors
 from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
 from .formula_columns import formulaic_formula, outside_given_levels, used_columns
 from .grouping_factors import grouping_codes
-from .input_checks import aligned_to_rows, check_magnitude, check_unique_columns, float_values
+from .input_checks import (aligned_to_rows, check_magnitude, check_unique_columns, check_value_types,
+                           float_values)
 from .known_covariance import check_known, known_term
 from .model_matrices import formula_matrices, lme4_column_names, materialise
 from .structures import CholeskyFactor, CovarianceStructure
@@ -138,6 +139,7 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
     given = _as_frame(data)
     used = used_columns(parsed, given)
     check_unique_columns(given, used + ([weights] if isinstance(weights, str) else []))
+    check_value_types(given, used)
     frame, kept = _drop_missing(given, used, weights, outside_given_levels(parsed, given))
     n_dropped = len(given) - len(kept)
     frame = as_factors(frame, keep=parsed.response)

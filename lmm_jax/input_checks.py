@@ -4,6 +4,8 @@ pandas would fail with a message about arrays (or, worse, accept text as numbers
 - `float_values`: a numeric column or array as floats; text, categories or dates are refused
   ('1.5' held as text is not read as 1.5, and 'a' gives no raw conversion error);
 - `check_unique_columns`: a used column name that appears twice in the data;
+- `check_value_types`: complex numbers (whose imaginary part a float cast drops) and
+  containers (lists, arrays, dicts) in a column;
 - `check_magnitude`: values whose squares overflow or underflow float64 (|v| > 1e150 or
   0 < max |v| < 1e-150), where sums of squares (y'y, X'X) lose everything;
 - `aligned_to_rows`: a pandas object matched to data's rows by index label, as pandas aligns.
@@ -39,6 +41,20 @@ def check_unique_columns(frame: pd.DataFrame, names) -> None:
         counts = ", ".join(f"{name!r} ({int((frame.columns == name).sum())} times)" for name in clashes)
         raise DataError(f"data has repeated column names: {counts}; each column the model reads must "
                         "have a unique name")
+
+
+def check_value_types(frame: pd.DataFrame, names) -> None:
+    """A clear error for a used column of complex numbers or of containers (lists, tuples,
+    dicts, sets, arrays): neither is a number or a level of a factor."""
+    for name in names:
+        values = frame[name].to_numpy()
+        if values.dtype.kind == "c":
+            raise DataError(f"column {name!r} holds complex numbers; a model reads real numbers or levels")
+        if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "mixed":
+            container = next((v for v in values if isinstance(v, (list, tuple, dict, set, np.ndarray))), None)
+            if container is not None:
+                raise DataError(f"column {name!r} holds {type(container).__name__}s (such as {container!r}); "
+                                "each value must be a number or a level")
 
 
 def check_magnitude(values: np.ndarray, what: str) -> None:

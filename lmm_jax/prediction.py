@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import warnings
 
 import numpy as np
@@ -21,6 +22,8 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     design = result.design
     if newdata is None:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
+    if not isinstance(newdata, (pd.DataFrame, dict)):
+        raise DataError(f"newdata must be a pandas DataFrame or a dict of columns, got {type(newdata).__name__}")
     frame = as_factors(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
     complete = _complete_rows(result, frame, random_effects)
     if not complete.all():  # lme4's predict (na.action = na.pass): NA where a covariate is missing
@@ -59,14 +62,28 @@ def _matrix(model_spec, frame: pd.DataFrame, where: str):
     """The spec's matrix on newdata. A categorical value the fit did not have (a new level,
     or a value outside `C(x, levels=[...])`) is an error: formulaic would code it as the
     reference level, a silently wrong prediction (lme4 stops on a new level of a fixed
-    factor too; missing values already raise)."""
+    factor too; missing values already raise). formulaic writes the state of a factor it
+    codes into the spec's encoder state, so it gets a copy: the fit's spec is never changed
+    (a text column given for a numeric one made every later prediction fail)."""
     _check_known_levels(model_spec, frame, where)
+    _check_numeric_factors(model_spec, frame, where)
+    own_copy = model_spec.update(encoder_state=copy.deepcopy(dict(model_spec.encoder_state)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DataMismatchWarning)
-            return model_spec.get_model_matrix(frame, na_action="raise", context=PREDICT_CONTEXT)
+            return own_copy.get_model_matrix(frame, na_action="raise", context=PREDICT_CONTEXT)
     except Exception as error:
         raise DataError(f"cannot build the {where} for newdata: {error}") from None
+
+
+def _check_numeric_factors(model_spec, frame: pd.DataFrame, where: str) -> None:
+    """Raise naming the column when a column that was numeric in the fit is not numeric in
+    newdata (text, categories): formulaic would code it as a factor."""
+    for factor, (kind, _) in model_spec.encoder_state.items():
+        if getattr(kind, "value", kind) == "numerical" and factor in frame.columns \
+                and not pd.api.types.is_numeric_dtype(frame[factor].dtype):
+            raise DataError(f"newdata's column {factor!r} is {frame[factor].dtype} dtype, but it was numeric in "
+                            f"the fit ({where}); convert it to numbers")
 
 
 def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:
