@@ -45,8 +45,8 @@ from .arrays import ModelArrays, ModelShape
 from .batch_runner import cast_floats, check_dtype, run_in_chunks
 from .blocked import factors_unrolled
 from .design import DataError, _as_frame
-from .input_checks import aligned_to_rows, float_values
 from .formula import parse_formula
+from .input_checks import aligned_to_rows, float_values
 from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
 from .newton import EXACT_FIT
 from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, stacked_arrays

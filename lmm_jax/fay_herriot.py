@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from . import _config  # noqa: F401  (float64)
+from .errors import DataError
 from .fay_herriot_estimators import METHODS, fit_fay_herriot
 from .fay_herriot_mse import predict
-from .errors import DataError
 from .input_checks import float_values
 from .model_matrices import lme4_column_names
 

@@ -25,7 +25,7 @@ import formulaic
 
 from .custom_structures import structure_keywords
 
-_NAME = re.compile(r"^(?!\d)[\w.]+$")  # letters, digits, '_' and '.' (any script's letters), not a digit first
+_NAME = re.compile(r"^(?!\d)[\w.]+$")  # letters of any script, digits, '_' and '.'; not a digit first
 _OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.S)
 _KEYWORD_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)?\s*\((.*)\)$", re.S)
 

@@ -107,15 +107,14 @@ def factor_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
         column = column.cat.remove_unused_categories()
         categories = _label_values(pd.Series(column.cat.categories))
         if categories.dtype == object:
-            _check_distinct_texts(column.name, categories, _texts(categories))
+            _check_distinct_texts(column.name, categories)
         return _merge_equal_labels([level_text(c) for c in categories], column.cat.codes.to_numpy())
     values, kind = _values_and_kind(column)
     # labels are the values' text; text values are read as they are (str() of each of
     # InstEval's 4 x 73,421 took ~80 ms)
     if values.dtype.kind not in "iubf" and kind != "string":
-        texts = _texts(values)
-        _check_distinct_texts(column.name, values, texts)
-        values = texts
+        _check_distinct_texts(column.name, values)
+        values = np.asarray([str(v) for v in values], dtype=object)
     codes, uniques = pd.factorize(values, sort=True)  # hashing: ~5x np.unique's sort on strings
     labels = [level_text(u) for u in uniques]
     # distinct integers or texts have distinct labels; distinct floats may share one
@@ -132,21 +131,14 @@ def _merge_equal_labels(labels: list[str], codes: np.ndarray) -> tuple[list[str]
     return list(unique), merged[codes]
 
 
-def _texts(values: np.ndarray) -> np.ndarray:
-    return np.asarray([str(v) for v in values], dtype=object)
-
-
-def _check_distinct_texts(name, values: np.ndarray, texts: np.ndarray) -> None:
+def _check_distinct_texts(name, values: np.ndarray) -> None:
     """A clear error for a column of mixed types where distinct values share one text (the
     int 1 and the string '1'): as levels they would be one (R's factor() reads both as "1")
     or two of one label; which was meant cannot be known."""
-    distinct = list(pd.unique(values))
-    if len(set(texts.tolist())) >= len(distinct):
-        return
     first_of_text: dict[str, object] = {}
-    for value in distinct:
+    for value in pd.unique(values):
         first = first_of_text.setdefault(str(value), value)
-        if len(first_of_text) < distinct.index(value) + 1:
+        if first is not value:
             raise DataError(f"column {name!r} mixes types: the values {first!r} ({type(first).__name__}) "
                             f"and {value!r} ({type(value).__name__}) have the same text; convert the "
                             "column to one type (all text or all numbers)")

@@ -23,7 +23,8 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     if newdata is None:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
     if not isinstance(newdata, (pd.DataFrame, dict)):
-        raise DataError(f"newdata must be a pandas DataFrame or a dict of columns, got {type(newdata).__name__}")
+        raise DataError("newdata must be a pandas DataFrame or a dict of columns, "
+                        f"got {type(newdata).__name__}")
     frame = as_factors(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
     complete = _complete_rows(result, frame, random_effects)
     if not complete.all():  # lme4's predict (na.action = na.pass): NA where a covariate is missing
@@ -82,8 +83,8 @@ def _check_numeric_factors(model_spec, frame: pd.DataFrame, where: str) -> None:
     for factor, (kind, _) in model_spec.encoder_state.items():
         if getattr(kind, "value", kind) == "numerical" and factor in frame.columns \
                 and not pd.api.types.is_numeric_dtype(frame[factor].dtype):
-            raise DataError(f"newdata's column {factor!r} is {frame[factor].dtype} dtype, but it was numeric in "
-                            f"the fit ({where}); convert it to numbers")
+            raise DataError(f"newdata's column {factor!r} is {frame[factor].dtype} dtype, but it was "
+                            f"numeric in the fit ({where}); convert it to numbers")
 
 
 def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:
