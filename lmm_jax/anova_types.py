@@ -19,7 +19,7 @@ import numbers
 
 import numpy as np
 
-from .design import lme4_name
+from .model_matrices import lme4_column_names
 from .type3 import containing_terms, fixed_terms, type1_contrasts, type3_contrasts
 
 TYPES = {"1": 1, "i": 1, "2": 2, "ii": 2, "3": 3, "iii": 3}
@@ -51,7 +51,7 @@ def term_contrasts(design, contrast_type: int) -> dict[str, np.ndarray]:
 def _term_columns(design, terms) -> dict[str, list[int]]:
     """Per term, its columns in the fit's X (columns dropped for rank deficiency left out)."""
     position = {name: j for j, name in enumerate(design.fixed_names)}
-    spec_names = [lme4_name(c) for c in design.fixed_spec.column_names]
+    spec_names = lme4_column_names(design.fixed_spec)
     indices = {str(t): list(v) for t, v in design.fixed_spec.term_indices.items()}
     return {str(t): [position[spec_names[j]] for j in indices[str(t)] if spec_names[j] in position]
             for t in terms}

@@ -46,6 +46,7 @@ from .batch_runner import cast_floats, check_dtype, run_in_chunks
 from .blocked import factors_unrolled
 from .design import DataError, _as_frame
 from .formula import parse_formula
+from .input_checks import aligned_to_rows, float_values
 from .model import Model, _is_reml, fit_arrays_with_xtvx_inverse
 from .newton import EXACT_FIT, STATUS_MESSAGES
 from .ragged import bucket_key, dataset_designs, group_by_bucket, padded_shape, stacked_arrays
@@ -139,11 +140,12 @@ def _responses(responses, data, design) -> tuple[np.ndarray, tuple]:
     if isinstance(responses, pd.Series):
         responses = responses.to_frame()
     if isinstance(responses, pd.DataFrame):
-        responses = _aligned_to_data(responses, data)
+        responses = aligned_to_rows(responses, data, "responses DataFrame")
         names = tuple(responses.columns)
-        values = responses.to_numpy(dtype=float)
+        values = np.column_stack([float_values(responses[name], f"responses column {name!r}")
+                                  for name in names]) if names else np.zeros((len(responses), 0))
     else:
-        values = np.asarray(responses, dtype=float)
+        values = float_values(responses, "responses")
         if values.ndim == 1:
             values = values[:, None]
         names = tuple(range(values.shape[1])) if values.ndim == 2 else ()
@@ -160,19 +162,6 @@ def _responses(responses, data, design) -> tuple[np.ndarray, tuple]:
                         f"{', '.join(map(repr, np.asarray(names, dtype=object)[bad][:5]))} "
                         "(in rows that the design keeps); fit those separately")
     return values.T, names
-
-
-def _aligned_to_data(responses: pd.DataFrame, data) -> pd.DataFrame:
-    """A DataFrame of responses matched to `data`'s rows by index label, as pandas aligns
-    (position matched them: a shuffled copy of sleepstudy's Reaction was fitted as another
-    response, silently); an index that is not a reordering of `data`'s is an error."""
-    if not isinstance(data, pd.DataFrame) or responses.index.equals(data.index):
-        return responses
-    if data.index.is_unique and responses.index.is_unique and len(responses.index) == len(data.index) \
-            and responses.index.isin(data.index).all():
-        return responses.reindex(data.index)
-    raise DataError("the index of the responses DataFrame is not a reordering of data's index, so its rows "
-                    "cannot be matched to data's; pass responses.to_numpy() to match them by position")
 
 
 def _design_frame(formula: str, data) -> pd.DataFrame:

@@ -22,8 +22,10 @@ from .factor_levels import as_factors
 from .formula import FormulaError, ParsedFormula, RandomTermSpec, parse_formula
 from .formula_columns import formulaic_formula, outside_given_levels, used_columns
 from .grouping_factors import grouping_codes
+from .input_checks import (aligned_to_rows, check_magnitude, check_unique_columns, check_value_types,
+                           float_values)
 from .known_covariance import check_known, known_term
-from .model_matrices import formula_matrices, materialise
+from .model_matrices import formula_matrices, lme4_column_names, materialise
 from .structures import CholeskyFactor, CovarianceStructure
 
 __all__ = ["DataError", "Design", "RandomTerm", "build_design", "full_rank_columns", "lme4_term_order"]
@@ -51,6 +53,7 @@ class RandomTerm:
     model_spec: object = field(repr=False, compare=False)
     report: "RandomTerm | None" = field(default=None, repr=False, compare=False)
     loadings: np.ndarray | None = field(default=None, repr=False, compare=False)
+    level_keys: tuple = field(default=(), repr=False, compare=False)  # per level, its factors' labels
 
     @property
     def reported(self) -> "RandomTerm":
@@ -135,9 +138,12 @@ def build_design(formula: str, data, weights=None, known_scale: bool = False, kn
                            "a model without random effects is an ordinary least-squares fit")
     given = _as_frame(data)
     used = used_columns(parsed, given)
+    check_unique_columns(given, used + ([weights] if isinstance(weights, str) else []))
+    check_value_types(given, used)
     frame, kept = _drop_missing(given, used, weights, outside_given_levels(parsed, given))
     n_dropped = len(given) - len(kept)
     frame = as_factors(frame, keep=parsed.response)
+    _check_response_numeric(parsed.response, frame)
     prior_weights = _prior_weights(weights, frame)
     fixed_built, terms_built = formula_matrices(parsed, frame, given if n_dropped else None)
     terms = _random_terms(parsed, frame, check_known(known, {t.group_name for t in parsed.random}), terms_built)
@@ -177,7 +183,9 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
     missing = {col: pd.isna(frame[col].to_numpy()) for col in used}
     missing.update(outside_levels or {})
     if weights is not None and not isinstance(weights, str):
-        w = np.asarray(weights, dtype=float)
+        if isinstance(weights, pd.Series):
+            weights = aligned_to_rows(weights, frame, "weights Series")
+        w = float_values(weights, "weights")
         if w.shape != (len(frame),):
             raise DataError(f"weights must have one value per row ({len(frame)}), got shape {w.shape}")
         missing["__weights__"] = np.isnan(w)
@@ -185,7 +193,7 @@ def _drop_missing(frame: pd.DataFrame, used: list[str], weights,
     elif isinstance(weights, str):
         if weights not in frame.columns:
             raise DataError(f"weights column {weights!r} is not in the data")
-        sub = sub.assign(__weights__=frame[weights].to_numpy(dtype=float))
+        sub = sub.assign(__weights__=float_values(frame[weights], f"weights column {weights!r}"))
         missing["__weights__"] = np.isnan(sub["__weights__"].to_numpy())
     bad_rows = np.logical_or.reduce(list(missing.values()))
     n_dropped = int(bad_rows.sum())
@@ -237,19 +245,20 @@ def _random_terms(parsed: ParsedFormula, frame: pd.DataFrame, known: dict, matri
     `matrices`: each term's (matrix, spec) from `formula_matrices` (None: build it here)."""
     built = []
     for spec, matrix in zip(parsed.random, matrices):
-        levels, codes = grouping_codes(spec, frame)
+        levels, codes, keys = grouping_codes(spec, frame)
         values, columns, model_spec = _term_matrix(spec, frame, matrix)
         structure = structure_for_term(spec.structure, columns, values, spec.source)
-        built.append((spec, levels, codes, values, columns, structure, model_spec))
+        built.append((spec, levels, codes, values, columns, structure, model_spec, keys))
     built = [built[i] for i in lme4_term_order([len(item[1]) for item in built])]
     seen: dict[str, int] = {}
     terms = []
-    for spec, levels, codes, values, columns, structure, model_spec in built:
+    for spec, levels, codes, values, columns, structure, model_spec, keys in built:
         group = spec.group_name
         count = seen.get(group, 0)
         seen[group] = count + 1
         name = group if count == 0 else f"{group}.{count}"
-        term = RandomTerm(name, group, spec, levels, codes, values, columns, structure, model_spec)
+        term = RandomTerm(name, group, spec, levels, codes, values, columns, structure, model_spec,
+                          level_keys=keys)
         terms.append(known_term(term, known[group]) if group in known else term)
     return sorted(terms, key=lambda t: -t.n_levels)
 
@@ -265,7 +274,7 @@ def _term_matrix(spec: RandomTermSpec, frame: pd.DataFrame, built=None):
                                f"{spec.source!r}: {plain_message(error)}") from None
         built = (matrix, matrix.model_spec)
     matrix, model_spec = built
-    columns = tuple(lme4_name(c) for c in matrix.model_spec.column_names)
+    columns = tuple(lme4_column_names(matrix.model_spec))
     if not columns:
         raise FormulaError(f"random term {spec.source!r} has no columns (an empty left-hand side)")
     values = np.array(matrix, dtype=float)  # a copy: terms of one expression share `matrix`
@@ -292,10 +301,20 @@ def _fixed_part(parsed: ParsedFormula, frame: pd.DataFrame, built=None):
     y = np.array(frame[parsed.response] if lhs is None else lhs[:, 0], dtype=float)  # a copy
     if not np.all(np.isfinite(y)):
         raise DataError(f"the response {parsed.response!r} has non-finite values (inf, or NaN after a transform)")
+    check_magnitude(y, f"the response {parsed.response!r}")
     X = np.asarray(rhs, dtype=float)
-    names = [lme4_name(c) for c in rhs.model_spec.column_names]
+    names = lme4_column_names(rhs.model_spec)
     _check_finite(X, names, f"fixed part {parsed.fixed!r}")
+    for name, column in zip(names, X.T):
+        check_magnitude(column, f"column {name!r} of the fixed part")
     return y, X, names, model_spec
+
+
+def _check_response_numeric(response: str, frame: pd.DataFrame) -> None:
+    """A response read from a column of text (numbers held as strings included) or categories
+    is an error naming it (formulaic would code it as one indicator column per value)."""
+    if response in frame.columns and frame[response].dtype != bool:
+        float_values(frame[response], f"the response column {response!r}")
 
 
 def _check_factor_levels(fixed: str, frame: pd.DataFrame) -> None:
@@ -316,10 +335,6 @@ def _check_finite(matrix: np.ndarray, names, where: str) -> None:
     if bad.any():
         cols = [name for name, b in zip(names, bad) if b]
         raise DataError(f"non-finite values (inf or NaN) in column(s) {cols} of the {where}")
-
-
-def lme4_name(column: str) -> str:
-    return "(Intercept)" if column == "Intercept" else str(column)
 
 
 def full_rank_columns(X: np.ndarray) -> list[int]:

@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 
 from . import _config  # noqa: F401  (float64)
-from .errors import plain_message
+from .errors import DataError, plain_message
 from .fay_herriot_estimators import METHODS, fit_fay_herriot
 from .fay_herriot_mse import predict
+from .input_checks import float_values
+from .model_matrices import lme4_column_names
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ def _area_arrays(formula: str, data, sampling_variance: str):
     except Exception as error:
         raise ValueError(f"cannot parse formula {formula!r}: {plain_message(error)}") from None
     _check_columns(frame, needed + [sampling_variance], sampling_variance)
-    D = frame[sampling_variance].to_numpy(dtype=float)
+    _check_response_numeric(frame, formula)
+    D = float_values(frame[sampling_variance], f"sampling-variance column {sampling_variance!r}")
     bad = ~np.isfinite(D) | (D <= 0)
     if bad.any():
         raise ValueError(f"sampling variances {sampling_variance!r} must be positive and finite: "
@@ -123,7 +126,7 @@ def _area_arrays(formula: str, data, sampling_variance: str):
     matrices = formulaic.model_matrix(formula, frame, na_action="raise")
     y = _response(matrices, formula)
     X = np.asarray(matrices.rhs, dtype=float)
-    names = tuple("(Intercept)" if c == "Intercept" else str(c) for c in matrices.rhs.columns)
+    names = tuple(lme4_column_names(matrices.rhs.model_spec))
     bad = [name for name, column in zip(names, X.T) if not np.all(np.isfinite(column))]
     if bad:
         raise ValueError(f"covariate column(s) {bad} of {formula!r} have infinite values")
@@ -147,6 +150,18 @@ def _response(matrices, formula: str) -> np.ndarray:
     if not np.all(np.isfinite(y)):
         raise ValueError(f"the response of {formula!r} has infinite values")
     return y
+
+
+def _check_response_numeric(frame: pd.DataFrame, formula: str) -> None:
+    """A response read from a column of text (or categories) is an error naming it: formulaic
+    codes it as one indicator per value, and a column of one text value as one 0/1 column
+    that was fitted silently."""
+    response = formula.split("~")[0].strip()
+    dtype = frame[response].dtype if response in frame.columns else None
+    if dtype is not None and not pd.api.types.is_numeric_dtype(dtype):
+        kind = "text" if dtype == object or pd.api.types.is_string_dtype(dtype) else "non-numeric"
+        raise DataError(f"the response of {formula!r} must be one numeric column (the direct estimates): "
+                        f"{response!r} is a {kind} column ({dtype} dtype); convert it to numbers")
 
 
 def _check_columns(frame: pd.DataFrame, needed: list[str], sampling_variance: str) -> None:

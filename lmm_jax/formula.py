@@ -26,7 +26,7 @@ import formulaic
 from .custom_structures import structure_keywords
 from .errors import plain_message
 
-_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$")
+_NAME = re.compile(r"^(?!\d)[\w.]+$")  # letters of any script, digits, '_' and '.'; not a digit first
 _OFFSET = re.compile(r"^offset\s*\((.*)\)$", re.S)
 _KEYWORD_CALL = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)?\s*\((.*)\)$", re.S)
 

@@ -47,7 +47,9 @@ def used_columns(parsed: ParsedFormula, frame: pd.DataFrame) -> list[str]:
             needed.setdefault(var, f"random term {spec.source!r}")
     for var, where in needed.items():
         if var not in frame.columns:
-            raise DataError(f"column {var!r} (used in {where}) is not in the data; "
+            called = re.search(rf"(?<![\w.]){re.escape(str(var))}\s*\(", where) is not None
+            raise DataError(f"{'function' if called else 'column'} {var!r} (used in {where}) is "
+                            f"{'neither a known function nor a column' if called else 'not in the data'}; "
                             f"columns are: {', '.join(map(str, frame.columns))}")
     return list(needed)
 

@@ -103,7 +103,8 @@ def known_term(term, matrix):
                         f"random intercept (1 | {term.group}) only, got columns {list(term.column_names)}")
     factor = loadings(aligned_matrix(matrix, term.levels, term.group))
     columns = tuple(f"L[{j + 1}]" for j in range(factor.shape[1]))
-    return dataclasses.replace(term, levels=("(all)",), codes=np.zeros_like(term.codes),
+    return dataclasses.replace(term, levels=("(all)",), level_keys=(("(all)",),),
+                               codes=np.zeros_like(term.codes),
                                values=factor[term.codes], column_names=columns,
                                structure=ScaledIdentity(factor.shape[1]), report=term, loadings=factor)
 

@@ -125,3 +125,11 @@ def _structured_formula(parts: tuple[tuple[str, str], ...]) -> formulaic.Formula
     """One formulaic formula with a part per (name, text), each parsed as `formulaic_formula` parses
     it alone (a part given as text would be parsed without the default intercept)."""
     return formulaic.Formula({name: formulaic_formula(text) for name, text in parts})
+
+
+def lme4_column_names(model_spec) -> list[str]:
+    """A model spec's column names as lme4 writes them: the intercept term's column is
+    "(Intercept)"; every other column keeps formulaic's name (a covariate named `Intercept`
+    stays "Intercept")."""
+    return [("(Intercept)" if str(term) == "1" else str(column))
+            for term, _, columns in model_spec.structure for column in columns]

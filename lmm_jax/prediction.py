@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import warnings
 
 import numpy as np
@@ -12,8 +13,9 @@ from formulaic.errors import DataMismatchWarning
 from .design import DataError
 from .errors import plain_message
 from .formula_columns import categorical_call_column
-from .grouping_factors import row_labels
+from .grouping_factors import row_keys
 from .factor_levels import PREDICT_CONTEXT, as_factors
+from .model_matrices import lme4_column_names
 
 
 def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
@@ -21,6 +23,9 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
     design = result.design
     if newdata is None:
         return result.fitted.copy() if random_effects else design.X @ result.fixef.to_numpy()
+    if not isinstance(newdata, (pd.DataFrame, dict)):
+        raise DataError("newdata must be a pandas DataFrame or a dict of columns, "
+                        f"got {type(newdata).__name__}")
     frame = as_factors(newdata if isinstance(newdata, pd.DataFrame) else pd.DataFrame(dict(newdata)))
     complete = _complete_rows(result, frame, random_effects)
     if not complete.all():  # lme4's predict (na.action = na.pass): NA where a covariate is missing
@@ -28,7 +33,7 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
         out[complete] = predict(result, frame.loc[complete], random_effects) if complete.any() else []
         return out
     X = _matrix(design.fixed_spec, frame, "fixed part")
-    names = [("(Intercept)" if c == "Intercept" else c) for c in X.model_spec.column_names]
+    names = lme4_column_names(X.model_spec)
     keep = [names.index(n) for n in design.fixed_names]
     out = np.asarray(X, dtype=float)[:, keep] @ result.fixef.to_numpy()
     if not random_effects:
@@ -39,9 +44,8 @@ def predict(result, newdata=None, random_effects: bool = True) -> np.ndarray:
             raise DataError(f"newdata lacks grouping column(s) {missing} of random term {term.spec.source!r}; "
                             "pass random_effects=False for population predictions")
         values = np.asarray(_matrix(term.model_spec, frame, f"random term {term.spec.source!r}"), dtype=float)
-        position = {label: i for i, label in enumerate(term.levels)}
-        labels = row_labels(frame, term.spec.factors)
-        index = np.array([position.get(label, -1) for label in labels], dtype=int)
+        position = {key: i for i, key in enumerate(term.level_keys)}
+        index = np.array([position.get(key, -1) for key in row_keys(frame, term.spec.factors)], dtype=int)
         effects = np.where((index >= 0)[:, None], modes[np.maximum(index, 0)], 0.0)
         out = out + np.sum(values * effects, axis=1)
     return out
@@ -60,14 +64,28 @@ def _matrix(model_spec, frame: pd.DataFrame, where: str):
     """The spec's matrix on newdata. A categorical value the fit did not have (a new level,
     or a value outside `C(x, levels=[...])`) is an error: formulaic would code it as the
     reference level, a silently wrong prediction (lme4 stops on a new level of a fixed
-    factor too; missing values already raise)."""
+    factor too; missing values already raise). formulaic writes the state of a factor it
+    codes into the spec's encoder state, so it gets a copy: the fit's spec is never changed
+    (a text column given for a numeric one made every later prediction fail)."""
     _check_known_levels(model_spec, frame, where)
+    _check_numeric_factors(model_spec, frame, where)
+    own_copy = model_spec.update(encoder_state=copy.deepcopy(dict(model_spec.encoder_state)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", DataMismatchWarning)
-            return model_spec.get_model_matrix(frame, na_action="raise", context=PREDICT_CONTEXT)
+            return own_copy.get_model_matrix(frame, na_action="raise", context=PREDICT_CONTEXT)
     except Exception as error:
         raise DataError(f"cannot build the {where} for newdata: {plain_message(error)}") from None
+
+
+def _check_numeric_factors(model_spec, frame: pd.DataFrame, where: str) -> None:
+    """Raise naming the column when a column that was numeric in the fit is not numeric in
+    newdata (text, categories): formulaic would code it as a factor."""
+    for factor, (kind, _) in model_spec.encoder_state.items():
+        if getattr(kind, "value", kind) == "numerical" and factor in frame.columns \
+                and not pd.api.types.is_numeric_dtype(frame[factor].dtype):
+            raise DataError(f"newdata's column {factor!r} is {frame[factor].dtype} dtype, but it was "
+                            f"numeric in the fit ({where}); convert it to numbers")
 
 
 def _check_known_levels(model_spec, frame: pd.DataFrame, where: str) -> None:

@@ -229,16 +229,16 @@ def test_the_full_rank_check_keeps_what_the_column_loop_keeps(case, monkeypatch)
 def test_grouping_codes_label_each_level_by_its_text(values, dtype):
     """A grouping factor's levels are the text of its values (whole floats as integers,
     fractional ones to 15 significant digits as R's as.character writes them), each row's
-    code points at the level `row_labels` (predict's lookup) gives its row, whichever dtype
+    code points at the level `row_keys` (predict's lookup) gives its row, whichever dtype
     holds the column (float categories included), text columns, which skip the per-value
     str(), sort as text, and numbers sort as numbers (as R's factor() orders them) also when
     held as objects."""
-    from lmm_jax.grouping_factors import factor_codes, row_labels
+    from lmm_jax.grouping_factors import factor_codes, row_keys
 
     column = pd.Series(values, dtype=dtype)
     labels, codes = factor_codes(column)
     assert all(isinstance(label, str) for label in labels) and len(set(labels)) == len(labels)
-    assert [labels[c] for c in codes] == list(row_labels(pd.DataFrame({"g": column}), ("g",)))
+    assert [(labels[c],) for c in codes] == row_keys(pd.DataFrame({"g": column}), ("g",))
     if all(isinstance(v, str) for v in values) and dtype != "category":
         assert labels == sorted(set(values))
     numeric_order = {(3, 1, 10, 1): ["1", "3", "10"], (2.0, 1.0, 10.0, 1.0): ["1", "2", "10"],
