@@ -8,6 +8,7 @@ from .api import fit as fit
 from .batch import BatchResult as BatchResult
 from .batch import fit_batch as fit_batch
 from .compare import compare as compare
+from .compilation_cache import disable_compilation_cache as disable_compilation_cache
 from .compilation_cache import enable_compilation_cache as enable_compilation_cache
 from .exact_f import exact_f_test as exact_f_test
 from .fay_herriot import fay_herriot as fay_herriot
@@ -29,4 +30,7 @@ from .structure_report import structure_parameter_se as structure_parameter_se
 from .structures import CholeskyFactor as CholeskyFactor
 from .structures import CovarianceStructure as CovarianceStructure
 
+from .compilation_cache import enable_by_default as _enable_cache_by_default
+
 __version__ = "0.1.0"
+_enable_cache_by_default()  # compiled programs kept across processes: compilation_cache.py

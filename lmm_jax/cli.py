@@ -19,9 +19,11 @@ from lmm_jax_cli import parser
 
 
 def _enable_cache(args) -> None:
-    if not args.no_cache:
-        from .compilation_cache import enable_compilation_cache
+    from .compilation_cache import disable_compilation_cache, enable_compilation_cache
 
+    if args.no_cache:
+        disable_compilation_cache()
+    elif args.cache_dir is not None:
         enable_compilation_cache(args.cache_dir)
 
 

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import pytest
 
-import lmm_jax
+# The tests' compiled programs go to a folder of this run, shared by pytest-xdist's workers
+# (they inherit the environment of the process that loads this file first), never to the
+# user's cache; set before lmm_jax is imported, which turns the cache on.
+if "LMM_JAX_CACHE_DIR" not in os.environ:
+    os.environ["LMM_JAX_CACHE_DIR"] = _RUN_CACHE = tempfile.mkdtemp(prefix="lmm_jax_test_cache_")
+else:
+    _RUN_CACHE = None
+
+import lmm_jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 REFERENCE = Path(__file__).parent / "reference"
+
+
+def pytest_unconfigure(config):
+    """The run's cache folder goes with the process that made it."""
+    if _RUN_CACHE is not None:
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
 
 
 def load_case(case_id: str) -> dict:
