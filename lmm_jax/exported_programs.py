@@ -225,3 +225,11 @@ def _stored_program(key: str, function, args: dict, static: dict, compiler_optio
     """A function of keyword arguments that runs the stored program of `key` (`_load`)."""
     program, out_tree = _load(key, function, args, static, compiler_options)
     return lambda **kwargs: jax.tree_util.tree_unflatten(out_tree, program(*jax.tree_util.tree_leaves(kwargs)))
+
+
+def forget_compiled_programs() -> None:
+    """Drop every compiled program this process holds (lmm_jax's and JAX's in-memory caches),
+    freeing their memory; later calls load them from the compilation cache or compile anew."""
+    _LOADED.clear()
+    _HOST_COMPILED.clear()
+    jax.clear_caches()

@@ -20,6 +20,7 @@ else:
     _RUN_CACHE = None
 
 import lmm_jax  # noqa: E402
+from lmm_jax.exported_programs import forget_compiled_programs  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 REFERENCE = Path(__file__).parent / "reference"
@@ -29,6 +30,15 @@ def pytest_unconfigure(config):
     """The run's cache folder goes with the process that made it."""
     if _RUN_CACHE is not None:
         shutil.rmtree(_RUN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_freed_after_each_module():
+    """A test module's compiled programs are freed when it ends: a worker holding every
+    program of the run grew to several GB; a later module that needs one loads it from the
+    run's compilation cache."""
+    yield
+    forget_compiled_programs()
 
 
 def load_case(case_id: str) -> dict:
