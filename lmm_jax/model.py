@@ -34,6 +34,7 @@ from . import _config  # noqa: F401  (float64)
 from . import moment_start, single_term_derivatives
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device, to_host
 from .blocked import blocked_profile, blocked_profile_and_xtvx_inverse, cross_products, rest_size
+from .conditioning import conditioned, user_profiled, user_xtvx_inverse
 from .dense import dense_profile
 from .design import Design, build_design
 from .exported_programs import cached_call
@@ -84,7 +85,16 @@ EVALUATORS = ("blocked", "dense")
 
 
 def profile_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked"):
-    """θ -> `Profiled` through the blocked (fast) or the dense (oracle) evaluator."""
+    """θ -> `Profiled` through the blocked (fast) or the dense (oracle) evaluator, which see
+    the conditioned arrays (y's least-squares residual, an orthonormalised X:
+    `conditioning.py`); β̂ and log|X'V₀⁻¹X| are mapped back to the user's X and y."""
+    data, rep = conditioned(arrays)
+    profile = _evaluator(data, shape, evaluator)
+    return lambda theta: user_profiled(profile(theta), rep)
+
+
+def _evaluator(arrays: ModelArrays, shape: ModelShape, evaluator: str):
+    """θ -> `Profiled` of `arrays` as they are, blocked or dense."""
     if evaluator == "dense":
         return lambda theta: dense_profile(theta, arrays, shape)
     if evaluator != "blocked":
@@ -142,8 +152,9 @@ def closed_form_derivatives(arrays: ModelArrays, shape: ModelShape, evaluator: s
     batch of sleepstudy-shaped fits), else None (autodiff of the criterion)."""
     if evaluator != "blocked" or not single_term_derivatives.applies(arrays, shape):
         return None
+    data, rep = conditioned(arrays)
     return single_term_derivatives.value_grad_hess_function(
-        arrays, shape, lambda profiled: criterion(profiled, arrays, shape))
+        data, shape, lambda profiled: criterion(user_profiled(profiled, rep), arrays, shape))
 
 
 def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int,
@@ -227,8 +238,9 @@ def fit_arrays_with_xtvx_inverse(arrays: ModelArrays, shape: ModelShape, theta0:
     """`fit_arrays` (blocked evaluator) and (X'V₀⁻¹X)⁻¹ at θ̂, both from one factor of the
     Schur complement at θ̂ (`blocked_profile_and_xtvx_inverse`: batch fits' standard errors)."""
     optimum = _optimum(arrays, shape, theta0, maxiter, "blocked")
-    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(arrays, shape), shape)
-    return _fit_params(optimum, profiled, arrays, shape), xtvx_inv
+    data, rep = conditioned(arrays)
+    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(data, shape), shape)
+    return _fit_params(optimum, user_profiled(profiled, rep), arrays, shape), user_xtvx_inverse(xtvx_inv, rep)
 
 
 def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int, evaluator: str):
@@ -251,7 +263,8 @@ def _quasi_newton_start(deviance, arrays: ModelArrays, shape: ModelShape, theta0
     moment start is not defined) the search from θ₀."""
     if not moment_start.applies(shape):
         return quasi_newton_start(deviance, theta0, shape, bounded)
-    moments = moment_start.moment_start(cross_products(arrays, shape), arrays, shape,
+    data = conditioned(arrays)[0]
+    moments = moment_start.moment_start(cross_products(data, shape), data, shape,
                                         observation_count(arrays, shape)[0])
     use_moments = jnp.all(theta0 == shape.initial_theta()) & jnp.all(jnp.isfinite(moments))
     return quasi_newton_start(deviance, jnp.where(use_moments, moments, theta0), shape, bounded,

@@ -21,6 +21,7 @@ import pandas as pd
 from .arrays import ModelArrays, ModelShape, relative_factors, to_device, to_host
 from .known_covariance import report_arrays
 from .blocked import blocked_summaries, cross_products
+from .conditioning import conditioned, user_xtvx_inverse
 from .exported_programs import cached_call
 from .model import fit_arrays
 from .newton import STATUS_MESSAGES
@@ -30,7 +31,9 @@ from .newton import STATUS_MESSAGES
 def _post_fit(arrays: ModelArrays, shape: ModelShape, theta, beta, sigma2):
     """(X'V₀⁻¹X)⁻¹, `RandomEffects`, the fitted values Xβ̂ + Zb̂ and each term's ΛΛ' at the
     estimates (θ̂, β̂, σ̂²)."""
-    xtvx_inv, effects = blocked_summaries(theta, cross_products(arrays, shape), shape, sigma2)
+    data, rep = conditioned(arrays)
+    xtvx_inv_c, effects = blocked_summaries(theta, cross_products(data, shape), shape, sigma2)
+    xtvx_inv = user_xtvx_inverse(xtvx_inv_c, rep)
     fitted = arrays.X @ beta
     for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
         fitted = fitted + (values * modes[codes]).sum(axis=1)

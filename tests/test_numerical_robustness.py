@@ -1,0 +1,119 @@
+"""Numerical robustness: shifts of y along X's columns and of fixed-effect covariates leave
+the fit unchanged (the evaluators see y's least-squares residual and an orthonormalised X:
+`conditioning.py`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lmm_jax
+from lmm_jax.model import Model
+
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+# lme4 1.1-31 (R 4.2.2), lmer(Reaction ~ Days + (Days | Subject), sleepstudy): REML
+LME4_SLEEP_THETA = np.array([0.96673295, 0.01516905, 0.23090959])
+LME4_SLEEP_REML_LOGLIK = -871.8141
+
+
+def test_sleepstudy_response_of_large_mean_is_fitted_as_lme4_fits_it(sleepstudy):
+    """Reaction + 1e8 gave θ̂ [1.008, -0.012, 0.289] and a log-likelihood above the maximum."""
+    plain = lmm_jax.fit(SLEEP, sleepstudy)
+    shifted = lmm_jax.fit(SLEEP, sleepstudy.assign(Reaction=sleepstudy["Reaction"] + 1e8))
+    np.testing.assert_allclose(shifted.theta, LME4_SLEEP_THETA, rtol=1e-4)
+    np.testing.assert_allclose(shifted.theta, plain.theta, rtol=1e-7)
+    np.testing.assert_allclose(shifted.params.loglik, LME4_SLEEP_REML_LOGLIK, atol=1e-4)
+    np.testing.assert_allclose(shifted.params.loglik, plain.params.loglik, rtol=1e-10)
+    np.testing.assert_allclose(shifted.params.beta, plain.params.beta + [1e8, 0.0], rtol=1e-12, atol=1e-6)
+    np.testing.assert_allclose(shifted.vcov.to_numpy(), plain.vcov.to_numpy(), rtol=1e-7)
+    np.testing.assert_allclose(shifted.fitted - 1e8, plain.fitted, atol=1e-6)
+
+
+def test_sleepstudy_covariate_of_large_mean_leaves_the_fit_unchanged(sleepstudy):
+    """Days + 1e6 in the fixed part only: the column space of [1, Days] is unchanged."""
+    formula = "Reaction ~ Days + (1 | Subject)"
+    plain = lmm_jax.fit(formula, sleepstudy, method="ML")
+    shifted = lmm_jax.fit(formula, sleepstudy.assign(Days=sleepstudy["Days"] + 1e6), method="ML")
+    np.testing.assert_allclose(shifted.theta, plain.theta, rtol=1e-8)
+    np.testing.assert_allclose(shifted.params.loglik, plain.params.loglik, rtol=1e-10)
+    slope = plain.params.beta[1]
+    np.testing.assert_allclose(shifted.params.beta, [plain.params.beta[0] - 1e6 * slope, slope], rtol=1e-8)
+    np.testing.assert_allclose(np.sqrt(np.diag(shifted.vcov.to_numpy()))[1],
+                               np.sqrt(np.diag(plain.vcov.to_numpy()))[1], rtol=1e-7)
+
+
+def _random_slope_data(seed: int, n_groups: int = 12, per_group: int = 6) -> pd.DataFrame:
+    """(x | g) data: β = (1, 0.5), random intercept SD 1, slope SD 0.4, σ = 1."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(n_groups), per_group)
+    x = rng.normal(size=g.size)
+    b = rng.normal(size=(n_groups, 2)) * [1.0, 0.4]
+    y = 1.0 + 0.5 * x + b[g, 0] + b[g, 1] * x + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "z": rng.normal(size=g.size), "g": g})
+
+
+@pytest.fixture(scope="module")
+def slope_models():
+    """Models of a few random designs sharing two shapes: (x | g) with x and z fixed,
+    REML and ML (each `fit_params` compiles once per shape and method)."""
+    return {(seed, method): Model.from_formula("y ~ x + z + (x | g)", _random_slope_data(seed), method)
+            for seed in (1, 2, 3) for method in ("REML", "ML")}
+
+
+def _assert_same_fit(shifted, plain, rtol=1e-8):
+    assert int(shifted.status) <= 1 and int(plain.status) <= 1
+    np.testing.assert_allclose(shifted.theta, plain.theta, rtol=rtol, atol=rtol * np.max(np.abs(plain.theta)))
+    np.testing.assert_allclose(shifted.sigma2, plain.sigma2, rtol=rtol)
+    np.testing.assert_allclose(shifted.loglik, plain.loglik, rtol=rtol)
+
+
+@pytest.mark.parametrize("seed", (1, 2, 3))
+@pytest.mark.parametrize("method", ("REML", "ML"))
+def test_shift_of_response_along_fixed_columns_leaves_the_fit_unchanged(slope_models, seed, method):
+    """Property: y -> y + Xc (c of size 1e6, 1e7) leaves θ̂, σ̂ and ℓ unchanged and moves β̂
+    by c (+1e6 moved θ̂ 2 %, +1e7 gave θ₃ 0.98 for 0.21)."""
+    model = slope_models[(seed, method)]
+    X, y = np.asarray(model.design.X), np.asarray(model.design.y)
+    plain = model.fit_params()
+    for c in ([1e6, 0.0, 0.0], [1e7, 0.0, 0.0], [3e6, -2e6, 5e5]):
+        shifted = model.fit_params(y=y + X @ np.array(c))
+        _assert_same_fit(shifted, plain)
+        np.testing.assert_allclose(shifted.beta - np.array(c), plain.beta, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", (1, 2, 3))
+@pytest.mark.parametrize("method", ("REML", "ML"))
+def test_shift_of_fixed_covariate_leaves_the_fit_unchanged(slope_models, seed, method):
+    """Property: a fixed-only covariate z -> z + c (c up to 1e6) with an intercept in X: the
+    column space is the same, so θ̂, σ̂ and ℓ (REML's too) are unchanged."""
+    model = slope_models[(seed, method)]
+    X = np.asarray(model.design.X)
+    plain = model.fit_params()
+    for c in (1e4, 1e6):
+        shifted = model.fit_params(X=X + np.array([0.0, 0.0, c]))
+        _assert_same_fit(shifted, plain)
+        np.testing.assert_allclose(shifted.beta[2], plain.beta[2], rtol=1e-7)
+        np.testing.assert_allclose(shifted.beta[0], plain.beta[0] - c * plain.beta[2], rtol=1e-7,
+                                   atol=1e-7 * c * abs(plain.beta[2]))
+
+
+def test_response_almost_fitted_by_x_has_the_right_sigma(slope_models):
+    """y = 3 - 2x + 1e-9 e: σ̂ is 1e-9 times e's (it came out 25x too large); θ̂ is e's."""
+    model = slope_models[(1, "REML")]
+    x = np.asarray(model.design.X)[:, 1]
+    e = np.asarray(model.design.y)
+    plain = model.fit_params()
+    tiny = model.fit_params(y=3.0 - 2.0 * x + 1e-9 * e)
+    np.testing.assert_allclose(np.sqrt(tiny.sigma2), 1e-9 * np.sqrt(plain.sigma2), rtol=1e-5)
+    np.testing.assert_allclose(tiny.theta, plain.theta, rtol=1e-4, atol=1e-5)
+
+
+def test_fit_batch_float64_response_of_large_mean(sleepstudy):
+    y = sleepstudy["Reaction"].to_numpy()
+    out = lmm_jax.fit_batch(SLEEP, sleepstudy, np.stack([y, y + 1e8, y + 1e7], axis=1), progress=False)
+    for j in (1, 2):
+        np.testing.assert_allclose(out.theta[j], out.theta[0], rtol=1e-7)
+        np.testing.assert_allclose(out.loglik[j], out.loglik[0], rtol=1e-10)
+        np.testing.assert_allclose(out.se[j], out.se[0], rtol=1e-7)
+    np.testing.assert_allclose(out.theta[1], LME4_SLEEP_THETA, rtol=1e-4)
