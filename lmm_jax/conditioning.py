@@ -79,3 +79,11 @@ def user_xtvx_inverse(xtvx_inv_c: jnp.ndarray, rep: Reparametrisation) -> jnp.nd
         return xtvx_inv_c
     left = solve_triangular(rep.r, xtvx_inv_c, lower=False)
     return solve_triangular(rep.r, left.T, lower=False).T
+
+
+def fitted_exactly(arrays: ModelArrays, tolerance: float) -> jnp.ndarray:
+    """Whether X fits y exactly: ‖√W(y - Xb₀)‖ ≤ tolerance ‖√W y‖ (`Design.exactly_fitted`'s
+    rule, traceable: `Model.fit_params` of a constant response)."""
+    root_w = jnp.sqrt(arrays.weights)
+    residual = conditioned(arrays)[0].y
+    return jnp.linalg.norm(root_w * residual) <= tolerance * jnp.linalg.norm(root_w * arrays.y)

@@ -25,6 +25,7 @@ def result_to_dict(result) -> dict:
         "method": result.method,
         "nobs": result.nobs,
         "converged": result.converged,
+        "convergence": _convergence(result),
         "fixed": {
             "names": list(result.fixef.index),
             "estimate": _floats(result.fixef),
@@ -60,3 +61,10 @@ def result_to_dict(result) -> dict:
 
 def _floats(values) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=float)]
+
+
+def _convergence(result) -> dict:
+    """The optimiser's status and the convergence checks' messages (`FitResult.convergence_checks`;
+    a residual-structure fit has only the status)."""
+    checks = getattr(result, "convergence_checks", ([], []))
+    return {"status": result.convergence_message, "failures": list(checks[0]), "warnings": list(checks[1])}

@@ -44,6 +44,7 @@ from .blocked import blocked_random_effects, cross_products
 from .conditioning import conditioned
 from .model import (FitParams, criterion, deviance_function, fit_arrays, profile_function,
                     sigma2_estimate)
+from .newton import EXACT_FIT
 
 
 def boundary_free_mask(theta: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
@@ -101,7 +102,8 @@ def estimates_at_optimum(arrays: ModelArrays, shape: ModelShape, fit: FitParams,
     theta = implicit_theta(arrays, jax.lax.stop_gradient(fit.theta), shape, evaluator)
     profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = criterion(profiled, arrays, shape)
-    return fit._replace(theta=theta, beta=profiled.beta,
+    beta = jnp.where(fit.status == EXACT_FIT, fit.beta, profiled.beta)  # NaN θ̂: keep b₀
+    return fit._replace(theta=theta, beta=beta,
                         sigma2=sigma2_estimate(profiled, arrays, shape),
                         objective=objective, loglik=-0.5 * objective)
 

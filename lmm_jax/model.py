@@ -34,13 +34,13 @@ from . import _config  # noqa: F401  (float64)
 from . import moment_start, single_term_derivatives
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device, to_host
 from .blocked import blocked_profile, blocked_profile_and_xtvx_inverse, cross_products, rest_size
-from .conditioning import conditioned, user_profiled, user_xtvx_inverse
+from .conditioning import conditioned, fitted_exactly, user_profiled, user_xtvx_inverse
 from .dense import dense_profile
-from .design import Design, build_design
+from .design import EXACT_FIT_TOLERANCE, Design, build_design
 from .exported_programs import cached_call
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
 from .loop_carries import data_reference, tied_to
-from .newton import OptimResult, minimize
+from .newton import EXACT_FIT, OptimResult, minimize
 from .sparse_schur import schur_pairs
 from .start_search import quasi_newton_start
 
@@ -275,8 +275,22 @@ def _fit_params(optimum, profiled: Profiled, arrays: ModelArrays, shape: ModelSh
     """`FitParams` from `_optimum`'s record and the profiled quantities at θ̂."""
     theta, best, iterations, singular = optimum
     objective = criterion(profiled, arrays, shape)
-    return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
-                     -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular)
+    params = FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
+                       -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular)
+    return params if shape.known_scale else _marked_if_exact(params, arrays)
+
+
+def _marked_if_exact(params: FitParams, arrays: ModelArrays) -> FitParams:
+    """A response X fits exactly (`conditioning.fitted_exactly`) has no optimum (the criterion
+    falls without bound as σ² -> 0): status `EXACT_FIT`, θ̂, σ̂² and the criterion NaN, β̂ the
+    least-squares fit, as `fit_batch` marks it."""
+    exact = fitted_exactly(arrays, EXACT_FIT_TOLERANCE)
+    nan = jnp.asarray(jnp.nan, params.sigma2.dtype)
+    return params._replace(
+        theta=jnp.where(exact, nan, params.theta), beta=jnp.where(exact, conditioned(arrays)[1].shift, params.beta),
+        sigma2=jnp.where(exact, nan, params.sigma2), objective=jnp.where(exact, nan, params.objective),
+        loglik=jnp.where(exact, nan, params.loglik), singular=params.singular & ~exact,
+        status=jnp.where(exact, EXACT_FIT, params.status))
 
 
 class Model:

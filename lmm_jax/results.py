@@ -108,11 +108,26 @@ class FitResult:
 
     @property
     def converged(self) -> bool:
-        return bool(int(self.params.status) <= 1)
+        """The optimiser converged and the optimum is certified (`convergence_checks`)."""
+        return bool(int(self.params.status) <= 1) and not self.convergence_checks[0]
 
     @property
     def convergence_message(self) -> str:
-        return STATUS_MESSAGES[int(self.params.status)]
+        return "; ".join([STATUS_MESSAGES[int(self.params.status)]] + self.convergence_checks[0])
+
+    @cached_property
+    def convergence_checks(self) -> tuple[list[str], list[str]]:
+        """(failures, warnings): the design's structural checks (`identifiability.py`) and, at
+        a converged non-singular θ̂, lme4's checkConv on the criterion's gradient and Hessian
+        (`convergence_check.py`). Failures make the fit not converged."""
+        from .convergence_check import derivative_messages
+        from .identifiability import identifiability_messages
+
+        failures = identifiability_messages(self.design)
+        if int(self.params.status) > 1 or self.singular:
+            return failures, []
+        derivative_failures, warnings = derivative_messages(self.model, self.theta)
+        return failures + derivative_failures, warnings
 
     @property
     def singular(self) -> bool:

@@ -1,6 +1,7 @@
 """Numerical robustness: shifts of y along X's columns and of fixed-effect covariates leave
 the fit unchanged (the evaluators see y's least-squares residual and an orthonormalised X:
-`conditioning.py`)."""
+`conditioning.py`); exact fits, convergence checks (lme4's checkConv) and designs whose
+variance components are not identified are reported, not returned as clean optima."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pandas as pd
 import pytest
 
 import lmm_jax
+from lmm_jax.convergence_check import derivative_messages
 from lmm_jax.model import Model
+from lmm_jax.newton import EXACT_FIT
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 # lme4 1.1-31 (R 4.2.2), lmer(Reaction ~ Days + (Days | Subject), sleepstudy): REML
@@ -117,3 +120,47 @@ def test_fit_batch_float64_response_of_large_mean(sleepstudy):
         np.testing.assert_allclose(out.loglik[j], out.loglik[0], rtol=1e-10)
         np.testing.assert_allclose(out.se[j], out.se[0], rtol=1e-7)
     np.testing.assert_allclose(out.theta[1], LME4_SLEEP_THETA, rtol=1e-4)
+
+
+def test_fit_params_of_a_constant_response_is_marked_exact_fit(sleepstudy):
+    """fit_params returned status converged with σ² 2e-11 and log-likelihood 1859."""
+    model = Model.from_formula("y ~ Days + (1 | Subject)", sleepstudy.assign(y=5.0))
+    params = model.fit_params()
+    assert int(params.status) == EXACT_FIT
+    assert np.isnan(params.theta).all() and np.isnan(params.sigma2) and np.isnan(params.loglik)
+    np.testing.assert_allclose(params.beta, [5.0, 0.0], atol=1e-12)
+
+
+def test_certified_fit_has_no_convergence_messages(sleepstudy):
+    result = lmm_jax.fit(SLEEP, sleepstudy)
+    assert result.converged
+    assert result.to_dict()["convergence"]["failures"] == []
+    assert result.to_dict()["convergence"]["warnings"] == []
+
+
+def test_gradient_check_flags_a_point_that_is_not_an_optimum(sleepstudy):
+    """lme4's checkConv rule: max min(|R⁻¹g|, |g|) > 0.002 at a θ that is not θ̂."""
+    model = Model.from_formula(SLEEP, sleepstudy)
+    failures, _ = derivative_messages(model, LME4_SLEEP_THETA * [1.1, 1.0, 1.0])
+    assert failures and failures[0].startswith("Model failed to converge with max|grad| = ")
+    assert derivative_messages(model, LME4_SLEEP_THETA) == ([], [])
+
+
+NOT_IDENTIFIED = {
+    "Reaction ~ Days + (1 | Subject) + (1 | Subject)": "group the rows identically",
+    "Reaction ~ Days + (1 | Subject) + (1 | S2)": "(1 | Subject) and (1 | S2) group the rows identically",
+    "Reaction ~ Days + (1 + c | Subject)": "(1 + c | Subject): its columns",
+    "Reaction ~ Days + (0 + z | Subject) + (1 | Subject)": "(z | Subject): its columns",
+    "Reaction ~ Days + F + (1 | Subject)": "(1 | Subject) lies in the fixed effects' column space",
+}
+
+
+@pytest.mark.parametrize("formula", sorted(NOT_IDENTIFIED))
+def test_not_identified_designs_are_not_reported_as_converged(sleepstudy, formula):
+    data = sleepstudy.assign(S2=sleepstudy["Subject"].astype(str) + "x", c=1.0, z=0.0,
+                             F=sleepstudy["Subject"].astype(str))
+    with pytest.warns(UserWarning, match="the fit did not converge") as record:
+        result = lmm_jax.fit(formula, data)
+    assert not result.converged
+    assert any(NOT_IDENTIFIED[formula] in str(w.message) for w in record)
+    assert any(NOT_IDENTIFIED[formula] in m for m in result.to_dict()["convergence"]["failures"])
