@@ -287,7 +287,8 @@ def _marked_if_exact(params: FitParams, arrays: ModelArrays) -> FitParams:
     exact = fitted_exactly(arrays, EXACT_FIT_TOLERANCE)
     nan = jnp.asarray(jnp.nan, params.sigma2.dtype)
     return params._replace(
-        theta=jnp.where(exact, nan, params.theta), beta=jnp.where(exact, conditioned(arrays)[1].shift, params.beta),
+        theta=jnp.where(exact, nan, params.theta),
+        beta=jnp.where(exact, conditioned(arrays)[1].shift, params.beta),
         sigma2=jnp.where(exact, nan, params.sigma2), objective=jnp.where(exact, nan, params.objective),
         loglik=jnp.where(exact, nan, params.loglik), singular=params.singular & ~exact,
         status=jnp.where(exact, EXACT_FIT, params.status))
