@@ -29,12 +29,14 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-from .arrays import ModelArrays
+from .arrays import ModelArrays, ModelShape
+from .blocked import CrossProducts, cross_products
 from .likelihood import Profiled
 
 
 class Reparametrisation(NamedTuple):
-    """b₀ (p,) and R (p, p) upper triangular: the fit's X_c = X R⁻¹ and y_c = y - X b₀."""
+    """b₀ (p,) and R (p, p) upper triangular with a positive diagonal: the fit's X_c = X R⁻¹
+    and y_c = y - X b₀."""
 
     shift: jnp.ndarray
     r: jnp.ndarray
@@ -50,9 +52,19 @@ def conditioned(arrays: ModelArrays) -> tuple[ModelArrays, Reparametrisation]:
     root_w = jnp.sqrt(jax.lax.stop_gradient(arrays.weights))[:, None]
     fixed_x = jax.lax.stop_gradient(x)
     q, r = jnp.linalg.qr(root_w * fixed_x)
+    signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(x.dtype)
+    q, r = q * signs, r * signs[:, None]
     shift = solve_triangular(r, q.T @ (root_w[:, 0] * jax.lax.stop_gradient(arrays.y)), lower=False)
     x_c = solve_triangular(r, x.T, lower=False, trans="T").T
     return dataclasses.replace(arrays, X=x_c, y=arrays.y - x @ shift), Reparametrisation(shift, r)
+
+
+def conditioned_cross_products(arrays: ModelArrays, shape: ModelShape
+                               ) -> tuple[CrossProducts, Reparametrisation]:
+    """The blocked evaluator's cross-products of the conditioned arrays, and the map back:
+    every consumer of [Z X y]'W[Z X y] (fits, information, df, profiles) starts here."""
+    data, rep = conditioned(arrays)
+    return cross_products(data, shape), rep
 
 
 def user_profiled(profiled: Profiled, rep: Reparametrisation) -> Profiled:
@@ -68,17 +80,29 @@ def user_beta(beta_c: jnp.ndarray, rep: Reparametrisation) -> jnp.ndarray:
     return rep.shift + solve_triangular(rep.r, beta_c, lower=False)
 
 
+def conditioned_beta(beta: jnp.ndarray, rep: Reparametrisation) -> jnp.ndarray:
+    """β_c = R(β - b₀), the inverse of `user_beta`."""
+    return rep.r @ (beta - rep.shift)
+
+
+def user_xtvx_factor(l_xx_c: jnp.ndarray, rep: Reparametrisation) -> jnp.ndarray:
+    """L = R'L_c, lower triangular with a positive diagonal: X'V₀⁻¹X = R'(X_c'V₀⁻¹X_c)R = LL'
+    when X_c'V₀⁻¹X_c = L_cL_c'."""
+    return rep.r.T @ l_xx_c
+
+
 def log_abs_det_squared(rep: Reparametrisation) -> jnp.ndarray:
     """log|R'R| = 2 Σ log|R_ii|: REML's criterion on X less its value on X_c."""
     return 2.0 * jnp.sum(jnp.log(jnp.abs(jnp.diagonal(rep.r))))
 
 
 def user_xtvx_inverse(xtvx_inv_c: jnp.ndarray, rep: Reparametrisation) -> jnp.ndarray:
-    """(X'V₀⁻¹X)⁻¹ = R⁻¹(X_c'V₀⁻¹X_c)⁻¹R⁻ᵀ."""
+    """(X'V₀⁻¹X)⁻¹ = R⁻¹(X_c'V₀⁻¹X_c)⁻¹R⁻ᵀ; as for any covariance of β_c = Rβ + const (or a
+    stack (..., p, p) of them, its derivatives): Var(β) = R⁻¹ Var(β_c) R⁻ᵀ."""
     if rep.r.shape[0] == 0:
         return xtvx_inv_c
-    left = solve_triangular(rep.r, xtvx_inv_c, lower=False)
-    return solve_triangular(rep.r, left.T, lower=False).T
+    r_inv = solve_triangular(rep.r, jnp.eye(rep.r.shape[0], dtype=rep.r.dtype), lower=False)
+    return jnp.einsum("ab,...bc,dc->...ad", r_inv, xtvx_inv_c, r_inv)
 
 
 def fitted_exactly(arrays: ModelArrays, tolerance: float) -> jnp.ndarray:

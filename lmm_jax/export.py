@@ -65,6 +65,6 @@ def _floats(values) -> list[float]:
 
 def _convergence(result) -> dict:
     """The optimiser's status and the convergence checks' messages (`FitResult.convergence_checks`;
-    a residual-structure fit has only the status)."""
-    checks = getattr(result, "convergence_checks", ([], []))
+    a residual-structure fit's are the structural ones only)."""
+    checks = result.convergence_checks
     return {"status": result.convergence_message, "failures": list(checks[0]), "warnings": list(checks[1])}

@@ -46,12 +46,13 @@ import numpy as np
 import pandas as pd
 
 from .arrays import ModelArrays, ModelShape
-from .blocked import blocked_factor, blocked_profile, cross_products, rest_size
+from .conditioning import conditioned_cross_products, user_xtvx_factor
 from .exported_programs import cached_call
 from .model import SINGULAR_TOLERANCE
 from .structures import CholeskyFactor
+from .scale_derivatives import factor_summary
 from .variance_scale import (_vech_indices, deviance_at, engine_parameters, log_determinants_at,
-                             variance_parameters)
+                             profile_at, variance_parameters)
 
 
 # ----- host side: the layout of φ -------------------------------------------------------------
@@ -117,11 +118,8 @@ def engine_map(theta_hat, sigma2_hat, held: tuple[bool, ...], shape: ModelShape)
 
 def ml_deviance_with_beta(beta, theta, sigma2, arrays: ModelArrays, shape: ModelShape):
     """-2ℓ(β, φ) = log|V₀| + n log(2πσ²) + [r² + (β - β̂)'X'V₀⁻¹X(β - β̂)]/σ² (β not profiled)."""
-    cp = cross_products(arrays, shape)
-    profiled = blocked_profile(theta, cp, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
-    l_xx = blocked_factor(theta, cp, shape).l22[q2:r - 1, q2:r - 1]
-    shift = l_xx.T @ (beta - profiled.beta)
+    profiled = profile_at(theta, arrays, shape)
+    shift = _xtvx_factor(theta, arrays, shape).T @ (beta - profiled.beta)
     n = arrays.X.shape[0]
     return (profiled.logdet_v + n * jnp.log(2.0 * jnp.pi * sigma2)
             + (profiled.rss + shift @ shift) / sigma2)
@@ -158,10 +156,14 @@ def information_matrices(arrays: ModelArrays, shape: ModelShape, held: tuple[boo
 
 def xtvx_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
     """X'V⁻¹X = L_XX L_XX' / σ² from the blocked factor."""
-    cp = cross_products(arrays, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
-    l_xx = blocked_factor(theta, cp, shape).l22[q2:r - 1, q2:r - 1]
+    l_xx = _xtvx_factor(theta, arrays, shape)
     return l_xx @ l_xx.T / sigma2
+
+
+def _xtvx_factor(theta, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
+    """L_XX (X'V₀⁻¹X = L_XX L_XX') of the user's X, from the conditioned cross-products."""
+    cp, rep = conditioned_cross_products(arrays, shape)
+    return user_xtvx_factor(factor_summary(theta, cp, shape).l_xx, rep)
 
 
 # ----- host side: the tables ------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 
 from .arrays import ModelArrays, ModelShape, to_host
 from .blocked import cross_products
+from .conditioning import Reparametrisation, conditioned, user_xtvx_inverse
 from .exported_programs import cached_call
 from .kenward_roger import KenwardRogerTerms, kenward_roger_adjust, kenward_roger_terms
 from .satterthwaite import (SatterthwaiteTerms, contrast_df, satterthwaite_terms_phi,
@@ -44,7 +45,12 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
 
     One forward-over-forward pass on φ serves both (`scale_derivatives.py`); Satterthwaite
     is taken on lmerTest's ψ = (θ, σ) scale instead at a `boundary` (a singular fit, where
-    φ's df differ from lmerTest's) or without the φ scale."""
+    φ's df differ from lmerTest's) or without the φ scale.
+
+    The terms are computed on the conditioned arrays (`conditioning.py`: an orthonormalised
+    X, whose X_c'V₀⁻¹X_c inverts without the digits a covariate of large mean costs) and
+    mapped back to the user's β (`user_terms`); the variance parameters are the same."""
+    arrays, rep = conditioned(arrays)
     phi_scale = on_variance_scale(shape)
     derivatives, interior = None, None
     if phi_scale and boundary and shape.reml:  # and at lme4's start θ₀ (Λ = I: interior), for
@@ -61,6 +67,18 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
     else:
         satt = satterthwaite_terms_psi(cross_products(arrays, shape), arrays, shape, theta, sigma2)
     kr = kenward_roger_terms(derivatives, interior) if phi_scale and shape.reml else None
+    return user_terms(SmallSampleTerms(satt, kr), rep)
+
+
+def user_terms(terms: SmallSampleTerms, rep: Reparametrisation) -> SmallSampleTerms:
+    """The terms of β_c = R(β - b₀) as terms of β: each covariance of β̂ and each of its
+    derivatives C -> R⁻¹CR⁻ᵀ (`conditioning.user_xtvx_inverse`)."""
+    satt = terms.satterthwaite._replace(vcov=user_xtvx_inverse(terms.satterthwaite.vcov, rep),
+                                        jacobian=user_xtvx_inverse(terms.satterthwaite.jacobian, rep))
+    kr = terms.kenward_roger
+    if kr is not None:
+        kr = kr._replace(vcov=user_xtvx_inverse(kr.vcov, rep), phi_p_phi=user_xtvx_inverse(kr.phi_p_phi, rep),
+                         vcov_adjusted=user_xtvx_inverse(kr.vcov_adjusted, rep))
     return SmallSampleTerms(satt, kr)
 
 

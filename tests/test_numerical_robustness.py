@@ -5,6 +5,8 @@ variance components are not identified are reported, not returned as clean optim
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,3 +166,74 @@ def test_not_identified_designs_are_not_reported_as_converged(sleepstudy, formul
     assert not result.converged
     assert any(NOT_IDENTIFIED[formula] in str(w.message) for w in record)
     assert any(NOT_IDENTIFIED[formula] in m for m in result.to_dict()["convergence"]["failures"])
+
+
+INTERCEPT = "Reaction ~ Days + (1 | Subject)"
+
+
+@pytest.fixture(scope="module")
+def shifted_fits(sleepstudy):
+    """sleepstudy's random-intercept fit as it is, with Reaction + 1e8 and with Days + 1e6
+    (one model shape: each inference program compiles once)."""
+    return {"plain": lmm_jax.fit(INTERCEPT, sleepstudy),
+            "y": lmm_jax.fit(INTERCEPT, sleepstudy.assign(Reaction=sleepstudy["Reaction"] + 1e8)),
+            "x": lmm_jax.fit(INTERCEPT, sleepstudy.assign(Days=sleepstudy["Days"] + 1e6))}
+
+
+# (Intercept, Days) of the Days + 1e6 fit = T (Intercept, Days) of the plain one
+DAYS_SHIFT = np.array([[1.0, -1e6], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize("shift", ("y", "x"))
+def test_variance_components_of_shifted_data_equal_the_plain_ones(shifted_fits, shift):
+    """SEs of the variance components (expected and observed information) are invariant."""
+    columns = ["estimate", "se_expected", "se_observed"]
+    np.testing.assert_allclose(shifted_fits[shift].variance_components()[columns].to_numpy(),
+                               shifted_fits["plain"].variance_components()[columns].to_numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shift", ("y", "x"))
+def test_robust_vcov_of_shifted_data_equals_the_plain_one(shifted_fits, shift):
+    """The sandwich of φ̂ is invariant; that of β̂ maps as T Var T' (T the identity for y)."""
+    shifted, plain = shifted_fits[shift].robust_vcov(), shifted_fits["plain"].robust_vcov()
+    np.testing.assert_allclose(shifted["variance"].to_numpy(), plain["variance"].to_numpy(), rtol=1e-6)
+    t = DAYS_SHIFT if shift == "x" else np.eye(2)
+    np.testing.assert_allclose(shifted["beta"].to_numpy(), t @ plain["beta"].to_numpy() @ t.T, rtol=1e-6)
+
+
+def test_profile_intervals_of_shifted_data_equal_the_plain_ones(shifted_fits):
+    """Reaction + 1e8 moves only the intercept's interval (by 1e8); Days + 1e6 leaves the
+    variance parameters' and Days' intervals (the intercept is another coefficient there).
+    The inner fits stopped a step short with β's origin far away (Days' ends 0.1 % in)."""
+    plain = shifted_fits["plain"].confint(method="profile", progress=False)
+    y = shifted_fits["y"].confint(method="profile", progress=False)
+    x = shifted_fits["x"].confint(method="profile", progress=False)
+    plain_y = plain.copy()
+    plain_y.loc["(Intercept)"] += 1e8
+    np.testing.assert_allclose(y.to_numpy(), plain_y.to_numpy(), rtol=1e-8)
+    kept = [name for name in plain.index if name != "(Intercept)"]
+    np.testing.assert_allclose(x.loc[kept].to_numpy(), plain.loc[kept].to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("ddf", ("Satterthwaite", "Kenward-Roger"))
+@pytest.mark.parametrize("shift", ("y", "x"))
+def test_small_sample_tests_of_shifted_data_equal_the_plain_ones(shifted_fits, shift, ddf):
+    """anova() and test() on Days: F and the denominator df (DenDF 160.9999 for 161 before
+    the terms were computed on the conditioned X)."""
+    shifted, plain = shifted_fits[shift], shifted_fits["plain"]
+    columns = ["F value", "DenDF", "Pr(>F)"]
+    np.testing.assert_allclose(shifted.anova(ddf=ddf)[columns].to_numpy(float),
+                               plain.anova(ddf=ddf)[columns].to_numpy(float), rtol=1e-6)
+    np.testing.assert_allclose(shifted.test([0.0, 1.0], ddf=ddf).to_numpy(),
+                               plain.test([0.0, 1.0], ddf=ddf).to_numpy(), rtol=1e-6)
+
+
+def test_residual_structure_fits_raise_no_false_convergence_alarm():
+    """lme4's gradient check differentiated the criterion without the residual structure:
+    "Model failed to converge with max|grad| = 1.69" at nlme's optimum, converged False."""
+    data = lmm_jax.datasets.load("bodyweight")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = lmm_jax.fit("weight ~ Time * Diet + (1 | Rat)", data, weights="ident(~ 1 | Diet)")
+    assert result.converged
+    assert result.to_dict()["convergence"]["failures"] == []
