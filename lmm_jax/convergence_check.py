@@ -13,6 +13,11 @@ differences):
   uniquely determined"; else max(ev)·tol > 1: "very large eigenvalue", min/max < tol:
   "large eigenvalue ratio" (both "nearly unidentifiable").
 
+The derivatives are taken where the fit optimised: θ_c on the terms' centred columns
+(`term_centring.py`; lme4's θ itself where no term is centred). A covariate of large mean in
+an unstructured term made lme4's θ a nearly unidentifiable parametrisation, whose Hessian
+warned "very large eigenvalue" of an optimum that is well determined.
+
 lme4 skips these for singular fits (its message is the singular one); so does this.
 Failures of the first kind (codes < 0 in lme4) make the fit not converged; the
 "nearly unidentifiable" ones are warnings.
@@ -26,15 +31,21 @@ import jax
 import numpy as np
 
 from .model import closed_form_derivatives, deviance_function, optimizer_hessian
+from .term_centring import centred_arrays, centred_theta, centring_maps
 
 GRADIENT_TOLERANCE = 2e-3  # lme4's check.conv.grad tol
 HESSIAN_TOLERANCE = 1e-6  # lme4's check.conv.hess tol
 
 
-@partial(jax.jit, static_argnames=("shape",))
-def criterion_derivatives(arrays, shape, theta):
-    """(gradient, Hessian) of the criterion at θ: closed form where `closed_form_derivatives`
-    applies, else autodiff."""
+@partial(jax.jit, static_argnames=("shape", "gradient_only"))
+def criterion_derivatives(arrays, shape, theta, gradient_only: bool = False):
+    """(gradient, Hessian) of the criterion in θ_c on the terms' centred columns, at the θ_c of
+    the user's θ: closed form where `closed_form_derivatives` applies, else autodiff;
+    `gradient_only`: (gradient, None)."""
+    maps = centring_maps(arrays, shape)
+    arrays, theta = centred_arrays(arrays, maps), centred_theta(theta, maps, shape)
+    if gradient_only:
+        return jax.grad(deviance_function(arrays, shape))(theta), None
     closed = closed_form_derivatives(arrays, shape)
     if closed is not None:
         return closed(theta)[1:]
@@ -49,10 +60,11 @@ def derivative_messages(model, theta) -> tuple[list[str], list[str]]:
     theta = np.asarray(theta, float)
     if theta.size == 0:
         return [], []
-    if optimizer_hessian(model.arrays, model.shape) == "bfgs":
-        gradient = np.asarray(jax.jit(jax.grad(deviance_function(model.arrays, model.shape)))(theta))
-        return _gradient_messages(gradient, None), []
-    gradient, hessian = (np.asarray(a) for a in criterion_derivatives(model.arrays, model.shape, theta))
+    gradient, hessian = criterion_derivatives(model.arrays, model.shape, theta,
+                                              optimizer_hessian(model.arrays, model.shape) == "bfgs")
+    if hessian is None:
+        return _gradient_messages(np.asarray(gradient), None), []
+    gradient, hessian = np.asarray(gradient), np.asarray(hessian)
     return _gradient_messages(gradient, hessian) + _hessian_failures(hessian), _hessian_warnings(hessian)
 
 

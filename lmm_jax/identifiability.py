@@ -42,7 +42,14 @@ def _label(term) -> str:
 
 
 def _rank_deficient(values: np.ndarray) -> bool:
-    singular = np.linalg.svd(np.asarray(values, float), compute_uv=False)
+    """Whether the columns are linearly dependent, judged on the columns centred beside a
+    column of ones (the same column space): a covariate of mean 1e6 beside the intercept has
+    a smallest singular value 1e-12 of the largest, and is not a constant."""
+    values = np.asarray(values, float)
+    ones = np.all(values == 1.0, axis=0)
+    if ones.any():
+        values = np.where(ones, values, values - values.mean(axis=0))
+    singular = np.linalg.svd(values, compute_uv=False)
     return values.shape[1] > 0 and (singular.size == 0 or singular[-1] <= RANK_TOLERANCE * singular[0])
 
 

@@ -42,6 +42,7 @@ from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profi
 from .loop_carries import data_reference, tied_to
 from .newton import EXACT_FIT, OptimResult, minimize
 from .sparse_schur import schur_pairs
+from .term_centring import centred_arrays, centred_theta, centring_maps, user_theta
 from .start_search import quasi_newton_start
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
@@ -228,19 +229,35 @@ def _boundary_choice(phases: OptimResult, tried):
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))
 def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
-    """The whole fit as one pure function of arrays (jit/vmap-able)."""
-    optimum = _optimum(arrays, shape, theta0, maxiter, evaluator)
-    return _fit_params(optimum, profile_function(arrays, shape, evaluator)(optimum[0]), arrays, shape)
+    """The whole fit as one pure function of arrays (jit/vmap-able), on the terms' centred
+    columns (`term_centring.py`), θ̂ reported on the user's."""
+    data, maps, optimum = _centred_optimum(arrays, shape, theta0, maxiter, evaluator)
+    params = _fit_params(optimum, profile_function(data, shape, evaluator)(optimum[0]), data, shape)
+    return params._replace(theta=user_theta(params.theta, maps, shape))
 
 
 def fit_arrays_with_xtvx_inverse(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                                  maxiter: int = 200) -> tuple[FitParams, jnp.ndarray]:
     """`fit_arrays` (blocked evaluator) and (X'V₀⁻¹X)⁻¹ at θ̂, both from one factor of the
     Schur complement at θ̂ (`blocked_profile_and_xtvx_inverse`: batch fits' standard errors)."""
-    optimum = _optimum(arrays, shape, theta0, maxiter, "blocked")
-    data, rep = conditioned(arrays)
-    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(data, shape), shape)
-    return _fit_params(optimum, user_profiled(profiled, rep), arrays, shape), user_xtvx_inverse(xtvx_inv, rep)
+    data, maps, optimum = _centred_optimum(arrays, shape, theta0, maxiter, "blocked")
+    conditioned_data, rep = conditioned(data)
+    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(conditioned_data, shape),
+                                                          shape)
+    params = _fit_params(optimum, user_profiled(profiled, rep), data, shape)
+    return params._replace(theta=user_theta(params.theta, maps, shape)), user_xtvx_inverse(xtvx_inv, rep)
+
+
+def _centred_optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int,
+                     evaluator: str):
+    """(the arrays on the terms' centred columns, the terms' maps B, `_optimum` there): θ₀ is
+    mapped to the centred columns, except lme4's default θ₀ (identity factors), which is
+    the start in whatever columns are fitted."""
+    maps = centring_maps(arrays, shape)
+    data = centred_arrays(arrays, maps)
+    default = jnp.all(theta0 == shape.initial_theta())
+    start = jnp.where(default, theta0, centred_theta(theta0, maps, shape))
+    return data, maps, _optimum(data, shape, start, maxiter, evaluator)
 
 
 def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int, evaluator: str):

@@ -25,20 +25,25 @@ from .conditioning import conditioned, user_xtvx_inverse
 from .exported_programs import cached_call
 from .model import fit_arrays
 from .newton import STATUS_MESSAGES
+from .term_centring import centred_arrays, centred_theta, centring_maps, user_random_effects
 
 
 @partial(jax.jit, static_argnames=("shape",))
 def _post_fit(arrays: ModelArrays, shape: ModelShape, theta, beta, sigma2):
     """(X'V₀⁻¹X)⁻¹, `RandomEffects`, the fitted values Xβ̂ + Zb̂ and each term's ΛΛ' at the
-    estimates (θ̂, β̂, σ̂²)."""
-    data, rep = conditioned(arrays)
-    xtvx_inv_c, effects = blocked_summaries(theta, cross_products(data, shape), shape, sigma2)
+    estimates (θ̂, β̂, σ̂²), from the terms' centred columns at θ̂_c (`term_centring.py`, as
+    the fit) with the conditioned X and y (`conditioning.py`), mapped to the user's."""
+    maps = centring_maps(arrays, shape)
+    centred = centred_arrays(arrays, maps)
+    theta_c = centred_theta(theta, maps, shape)
+    data, rep = conditioned(centred)
+    xtvx_inv_c, effects_c = blocked_summaries(theta_c, cross_products(data, shape), shape, sigma2)
     xtvx_inv = user_xtvx_inverse(xtvx_inv_c, rep)
     fitted = arrays.X @ beta
-    for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
+    for codes, values, modes in zip(centred.codes, centred.values, effects_c.modes):
         fitted = fitted + (values * modes[codes]).sum(axis=1)
     covariances = [lam @ lam.T for lam in relative_factors(theta, shape)]
-    return xtvx_inv, effects, fitted, covariances
+    return xtvx_inv, user_random_effects(effects_c, maps), fitted, covariances
 
 
 @partial(jax.jit, static_argnames=("shape",))

@@ -237,3 +237,58 @@ def test_residual_structure_fits_raise_no_false_convergence_alarm():
         result = lmm_jax.fit("weight ~ Time * Diet + (1 | Rat)", data, weights="ident(~ 1 | Diet)")
     assert result.converged
     assert result.to_dict()["convergence"]["failures"] == []
+
+
+def _shifted_days_map(shift: float) -> np.ndarray:
+    """A⁻¹ with (1, Days + c) = (1, Days) A: the shifted fit's effects are A⁻¹ b and its
+    Σ = A⁻¹ Σ A⁻ᵀ of the unshifted fit's (the unstructured model is invariant)."""
+    return np.array([[1.0, -shift], [0.0, 1.0]])
+
+
+@pytest.fixture(scope="module")
+def slope_shift_fits(sleepstudy):
+    """(Days | Subject) as it is and with Days + 1e4, + 1e6 (one model shape)."""
+    fits = {0.0: lmm_jax.fit(SLEEP, sleepstudy)}
+    for shift in (1e4, 1e6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no convergence, singular or identifiability alarm
+            fits[shift] = lmm_jax.fit(SLEEP, sleepstudy.assign(Days=sleepstudy["Days"] + shift))
+    return fits
+
+
+@pytest.mark.parametrize("shift", (1e4, 1e6))
+def test_random_slope_on_a_covariate_of_large_mean_reaches_the_optimum(slope_shift_fits, shift):
+    """(Days + c | Subject): the deviance is the unshifted one (494.96 for 480.47 was reported
+    at x + 1e4), θ̂ is lme4's canonical factor of A⁻¹ΣA⁻ᵀ, the BLUPs are A⁻¹b̂ (conditional
+    SDs from A⁻¹ Var(b | y) A⁻ᵀ) and the fitted values, Days' SE and σ̂ are unchanged."""
+    plain, shifted, a_inv = slope_shift_fits[0.0], slope_shift_fits[shift], _shifted_days_map(shift)
+    assert shifted.converged and not shifted.singular
+    np.testing.assert_allclose(shifted.objective, plain.objective, rtol=1e-10)
+    lam = np.array([[plain.theta[0], 0.0], [plain.theta[1], plain.theta[2]]])
+    sigma = a_inv @ lam @ lam.T @ a_inv.T
+    expected = np.linalg.cholesky(sigma)[[0, 1, 1], [0, 0, 1]]
+    np.testing.assert_allclose(shifted.theta, expected, rtol=1e-5 if shift > 1e5 else 1e-8)
+    vc = {(row["var1"], row["var2"]): row["vcov"] for row in shifted.varcorr()}
+    np.testing.assert_allclose([vc[("(Intercept)", None)], vc[("Days", None)], vc[("(Intercept)", "Days")]],
+                               plain.sigma ** 2 * sigma[[0, 1, 0], [0, 1, 1]], rtol=1e-7)
+    columns = ["(Intercept)", "Days"]
+    np.testing.assert_allclose(shifted.ranef()["Subject"][columns].to_numpy(),
+                               plain.ranef()["Subject"][columns].to_numpy() @ a_inv.T, rtol=1e-8)
+    intercept_sd = shifted.ranef(cond_sd=True)["Subject"]["(Intercept)"].to_numpy()
+    plain_sd = plain.ranef(cond_sd=True)["Subject"].to_numpy()
+    assert np.all(intercept_sd > 0.9 * shift * plain_sd[:, 1])  # Var(b₀ - c b₁ | y) ~ c² Var(b₁ | y)
+    np.testing.assert_allclose(shifted.fitted, plain.fitted, rtol=1e-10)
+    np.testing.assert_allclose(shifted.se["Days"], plain.se["Days"], rtol=1e-8)
+    np.testing.assert_allclose(shifted.sigma, plain.sigma, rtol=1e-8)
+    assert shifted.to_dict()["theta"] == pytest.approx(list(shifted.theta), rel=1e-15)
+
+
+def test_random_slope_shift_in_fit_batch_and_fit_params(sleepstudy):
+    """The same optimum through fit_batch's and Model.fit_params's programs (Days + 1e4)."""
+    data = sleepstudy.assign(Days=sleepstudy["Days"] + 1e4)
+    plain = Model.from_formula(SLEEP, sleepstudy).fit_params()
+    shifted = Model.from_formula(SLEEP, data).fit_params()
+    np.testing.assert_allclose(shifted.loglik, plain.loglik, rtol=1e-10)
+    batch = lmm_jax.fit_batch(SLEEP, data, data[["Reaction"]].to_numpy(), progress=False)
+    np.testing.assert_allclose(batch.loglik[0], plain.loglik, rtol=1e-10)
+    np.testing.assert_allclose(batch.theta[0], shifted.theta, rtol=1e-7)
