@@ -44,12 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.linalg
 
 from .arrays import ModelArrays, ModelShape
 from .conditioning import conditioned_cross_products, user_xtvx_factor
 from .exported_programs import cached_call
 from .model import SINGULAR_TOLERANCE
 from .structures import CholeskyFactor
+from .term_centring import centred_arrays, centred_theta, centring_maps, variance_scale_map
 from .scale_derivatives import factor_summary
 from .variance_scale import (_vech_indices, deviance_at, engine_parameters, log_determinants_at,
                              profile_at, variance_parameters)
@@ -174,20 +176,36 @@ def information_at(model, theta, sigma2, beta, held: tuple[bool, ...]) -> Inform
     return cached_call(information_matrices, dict(arrays=model.arrays, **values), dict(shape=model.shape, held=held))
 
 
-def fit_information(result) -> tuple[Information, np.ndarray, list[dict]]:
-    """(`Information` as numpy, free mask of φ, rows of φ) for a `FitResult`."""
+def fit_information(result) -> tuple[Information, np.ndarray, list[dict], np.ndarray]:
+    """(`Information` as numpy, free mask of φ, rows of φ, T over the free entries) for a
+    `FitResult`: the information is computed where the fit optimised (the terms' centred
+    columns at θ̂_c, `term_centring.py`; a covariate of mean 1e4 put a diagonal of lme4's θ
+    below the boundary tolerance), on φ_c, with φ = Tφ_c (`user_information` maps it)."""
     model, params = result.model, result.params
-    held = held_terms(params.theta, model.shape)
-    info = information_at(model, params.theta, params.sigma2, params.beta, held)
+    maps = centring_maps(model.arrays, model.shape)
+    theta_c = centred_theta(jnp.asarray(params.theta), maps, model.shape)
+    held = held_terms(theta_c, model.shape)
+    values = dict(theta=theta_c, sigma2=jnp.asarray(params.sigma2), beta=jnp.asarray(params.beta))
+    info = cached_call(information_matrices, dict(arrays=centred_arrays(model.arrays, maps), **values),
+                       dict(shape=model.shape, held=held))
     info = Information(*(np.asarray(m) for m in jax.device_get(info)))
-    return info, free_mask(held, model.shape), variance_rows(model.design, model.shape)
+    free = free_mask(held, model.shape)
+    return info, free, variance_rows(model.design, model.shape), variance_scale_map(maps, model.shape)[
+        np.ix_(free, free)]
 
 
-def inverse_diagonal(matrix: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """diag of the inverse of a free-entries matrix, put back on all entries (NaN where held)."""
+def user_information(matrix: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """An information matrix on φ_c (or on (β, φ_c), β first) as one on φ = Tφ_c: T⁻ᵀ I T⁻¹."""
+    t_inv = scipy.linalg.block_diag(np.eye(matrix.shape[0] - t.shape[0]), np.linalg.inv(t))
+    return t_inv.T @ matrix @ t_inv
+
+
+def mapped_inverse_diagonal(matrix: np.ndarray, t: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """diag of T I⁻¹ T' (the inverse of the information on φ = Tφ_c, without inverting that
+    ill-conditioned matrix), put back on all entries (NaN where held)."""
     out = np.full(free.size, np.nan)
     if matrix.size:
-        out[free] = np.diag(np.linalg.inv(matrix))
+        out[free] = np.diag(t @ np.linalg.inv(matrix) @ t.T)
     return out
 
 
@@ -199,11 +217,11 @@ def estimates_on_variance_scale(result) -> np.ndarray:
 def variance_components(result) -> pd.DataFrame:
     """One row per variance/covariance (varcorr order, residual last): group, var1, var2,
     estimate, se_expected, se_observed (NaN for the entries of a boundary term)."""
-    info, free, rows = fit_information(result)
+    info, free, rows, t = fit_information(result)
     frame = pd.DataFrame(rows)
     frame["estimate"] = estimates_on_variance_scale(result)
-    frame["se_expected"] = np.sqrt(inverse_diagonal(info.expected, free))
-    frame["se_observed"] = np.sqrt(inverse_diagonal(info.observed, free))
+    frame["se_expected"] = np.sqrt(mapped_inverse_diagonal(info.expected, t, free))
+    frame["se_observed"] = np.sqrt(mapped_inverse_diagonal(info.observed, t, free))
     return frame.set_index("name").rename_axis("parameter")
 
 
@@ -212,13 +230,13 @@ def fisher_information(result, kind: str = "expected") -> pd.DataFrame:
     columns of a boundary term's entries are NaN."""
     if kind not in ("expected", "observed"):
         raise ValueError(f"kind must be 'expected' or 'observed', got {kind!r}")
-    info, free, rows = fit_information(result)
+    info, free, rows, t = fit_information(result)
     names = list(result.design.fixed_names) + [r["name"] for r in rows]
     p = len(result.design.fixed_names)
     if kind == "expected":
-        matrix = jax.scipy.linalg.block_diag(info.xtvx, info.expected)
+        matrix = scipy.linalg.block_diag(info.xtvx, user_information(info.expected, t))
     else:
-        matrix = info.observed_psi
+        matrix = user_information(info.observed_psi, t)
     keep = np.concatenate([np.ones(p, dtype=bool), free])
     full = np.full((keep.size, keep.size), np.nan)
     full[np.ix_(keep, keep)] = np.asarray(matrix)

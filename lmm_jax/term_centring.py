@@ -28,6 +28,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .arrays import ModelArrays, ModelShape
 from .blocked import RandomEffects
@@ -102,3 +103,24 @@ def user_random_effects(effects: RandomEffects, maps: tuple) -> RandomEffects:
         modes.append(mode if b is None else mode @ inverse.T)
         covs.append(cov if b is None else jnp.einsum("ij,ljk,hk->lih", inverse, cov, inverse))
     return RandomEffects(modes, covs)
+
+
+def variance_scale_map(maps: tuple, shape: ModelShape) -> np.ndarray:
+    """T with φ = T φ_c (host side): each mapped term's Σ = B⁻¹Σ_cB⁻ᵀ in `variance_scale.py`'s
+    vech order (linear in Σ_c), the other entries (σ² included) unchanged."""
+    from .variance_scale import _vech_indices, n_variance_parameters
+
+    out = np.eye(n_variance_parameters(shape))
+    start = 0
+    for dim, b in zip(shape.dims, maps):
+        rows, cols = _vech_indices(dim)
+        if b is not None:
+            inverse = np.asarray(_inverse(b))
+            block = np.zeros((rows.size, rows.size))
+            for k, (i, j) in enumerate(zip(rows, cols)):
+                unit = np.zeros((dim, dim))
+                unit[i, j] = unit[j, i] = 1.0
+                block[:, k] = (inverse @ unit @ inverse.T)[rows, cols]
+            out[start:start + rows.size, start:start + rows.size] = block
+        start += rows.size
+    return out

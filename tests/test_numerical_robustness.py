@@ -296,3 +296,17 @@ def test_random_slope_shift_in_fit_batch_and_fit_params(sleepstudy):
     batch = lmm_jax.fit_batch(SLEEP, data, data[["Reaction"]].to_numpy(), progress=False)
     np.testing.assert_allclose(batch.loglik[0], plain.loglik, rtol=1e-10)
     np.testing.assert_allclose(batch.theta[0], shifted.theta, rtol=1e-7)
+
+
+def test_variance_components_of_a_shifted_random_slope_map_from_the_plain_ones(slope_shift_fits):
+    """Σ = A⁻¹Σ_pA⁻ᵀ is linear in Σ_p (φ = Tφ_p): SEs are √diag(T Var(φ̂_p) T'). At lme4's θ of
+    Days + 1e4 a factor diagonal (1e-4) counted as a boundary: the SEs were NaN."""
+    plain, shifted = slope_shift_fits[0.0].variance_components(), slope_shift_fits[1e4].variance_components()
+    c = 1e4
+    t = np.array([[1.0, c * c, -2.0 * c, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, -c, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(shifted["estimate"], t @ plain["estimate"].to_numpy(), rtol=1e-7)
+    for column in ("se_expected", "se_observed"):
+        # the plain SEs alone do not give T Var T': the correlations come from the information
+        info = slope_shift_fits[0.0].fisher_information("expected" if column == "se_expected" else "observed")
+        phi_cov = np.linalg.inv(info.to_numpy())[2:, 2:]
+        np.testing.assert_allclose(shifted[column], np.sqrt(np.diag(t @ phi_cov @ t.T)), rtol=1e-6)
