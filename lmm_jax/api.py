@@ -68,6 +68,8 @@ def _told_of_problems(result):
     if not result.converged:
         warnings.warn(f"the fit did not converge ({result.convergence_message}); its estimates are "
                       "not an optimum of the criterion", stacklevel=3)
+    for message in result.convergence_checks[1]:
+        warnings.warn(message, stacklevel=3)
     if result.singular:
         warnings.warn("boundary (singular) fit: a random-effect variance is estimated as 0 or a correlation "
                       "as +-1 (lme4's isSingular; result.singular)", stacklevel=3)

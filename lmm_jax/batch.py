@@ -197,9 +197,11 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     must give the same fixed-effect columns; θ follows the first data set's term order
     (which may not be another data set's own: compare by `theta_names`).
 
-    `dtype`: "float64" (default) or "float32" (single precision throughout, on each
-    response's residuals from its float64 least-squares fit, `Design.least_squares_residuals`;
-    results in float32). Against float64 on 1,000 sleepstudy-shaped simulated responses
+    Each response is fitted on its residuals from its float64 least-squares fit
+    (`Design.least_squares_residuals`) and b₀ added back to β̂: θ̂, σ̂, SE and the likelihood
+    are exactly those of the response (`conditioning.py`), without the digits a response of
+    large mean cancels. `dtype`: "float64" (default) or "float32" (single precision
+    throughout; results in float32). Against float64 on 1,000 sleepstudy-shaped simulated responses
     (benchmarks/bench_float32.py, 2026-12-06) the largest relative errors were: β̂ 3e-6,
     log-likelihood 2e-5, σ̂ 3e-3, SE(β̂) 3e-2; θ̂ (entries > 0.05) 3e-3 at the 99th
     percentile but up to 0.9 in nearly singular fits, whose flat likelihood float32 cannot
@@ -224,9 +226,7 @@ def fit_batch(formula: str, data=None, responses=None, method: str = "REML", bat
     ys, names = _responses(responses, data, model.design)
     residuals, coefficients = model.design.least_squares_residuals(ys)
     exact = model.design.exactly_fitted(ys, residuals)
-    shift = np.zeros((ys.shape[0], model.design.n_fixed))
-    if dtype == "float32":  # a response of large mean kept its digits only in float64
-        ys, shift = residuals, coefficients
+    ys, shift = residuals, coefficients  # a response of large mean keeps its digits (float32 too)
     arrays, theta0 = cast_floats(model.arrays, dtype), model.shape.initial_theta()
     consts = dict(arrays=arrays, theta0=np.asarray(theta0, dtype))
     params, se = run_in_chunks(fit_responses, ys, consts, dict(shape=model.shape), batch_size=batch_size,
@@ -272,10 +272,8 @@ def _fit_datasets(formula, datasets, method, batch_size, progress, chunk_size, d
     exact = np.array([design.exactly_fitted(design.y[None, :], residuals)[0]
                       for design, (residuals, _) in zip(designs, fits)])
     coefficients = np.concatenate([coef for _, coef in fits])
-    shifts = np.zeros((len(designs), designs[0].n_fixed))
-    if dtype == "float32":  # as in fit_batch, data set by data set
-        designs = [dataclasses.replace(design, y=residuals[0]) for design, (residuals, _) in zip(designs, fits)]
-        shifts = coefficients
+    designs = [dataclasses.replace(design, y=residuals[0]) for design, (residuals, _) in zip(designs, fits)]
+    shifts = coefficients  # as in fit_batch, data set by data set
     theta0 = padded_shape(designs[0], bucket_key(designs[0]), method).initial_theta()
     results = [None] * len(designs)
     for key, members in group_by_bucket(designs).items():

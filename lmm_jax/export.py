@@ -26,6 +26,7 @@ def result_to_dict(result) -> dict:
         "method": result.method,
         "nobs": result.nobs,
         "converged": result.converged,
+        "convergence": _convergence(result),
         "fixed": {
             "names": list(result.fixef.index),
             "estimate": _floats(result.fixef),
@@ -67,3 +68,10 @@ def _varcorr_rows(frame) -> list[dict]:
 
 def _floats(values) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=float)]
+
+
+def _convergence(result) -> dict:
+    """The optimiser's status and the convergence checks' messages (`FitResult.convergence_checks`;
+    a residual-structure fit's are the structural ones only)."""
+    checks = result.convergence_checks
+    return {"status": result.convergence_message, "failures": list(checks[0]), "warnings": list(checks[1])}

@@ -40,9 +40,11 @@ import jax
 import jax.numpy as jnp
 
 from .arrays import ModelArrays, ModelShape, bounded_mask
-from .blocked import blocked_profile, blocked_random_effects, cross_products
+from .blocked import blocked_random_effects, cross_products
+from .conditioning import conditioned
 from .model import (FitParams, criterion, deviance_function, fit_arrays, profile_function,
                     sigma2_estimate)
+from .newton import EXACT_FIT
 
 
 def boundary_free_mask(theta: jnp.ndarray, shape: ModelShape) -> jnp.ndarray:
@@ -100,7 +102,8 @@ def estimates_at_optimum(arrays: ModelArrays, shape: ModelShape, fit: FitParams,
     theta = implicit_theta(arrays, jax.lax.stop_gradient(fit.theta), shape, evaluator)
     profiled = profile_function(arrays, shape, evaluator)(theta)
     objective = criterion(profiled, arrays, shape)
-    return fit._replace(theta=theta, beta=profiled.beta,
+    beta = jnp.where(fit.status == EXACT_FIT, fit.beta, profiled.beta)  # NaN θ̂: keep b₀
+    return fit._replace(theta=theta, beta=beta,
                         sigma2=sigma2_estimate(profiled, arrays, shape),
                         objective=objective, loglik=-0.5 * objective)
 
@@ -108,7 +111,7 @@ def estimates_at_optimum(arrays: ModelArrays, shape: ModelShape, fit: FitParams,
 @partial(jax.jit, static_argnames="shape")
 def conditional_modes(arrays: ModelArrays, shape: ModelShape, params: FitParams) -> jnp.ndarray:
     """All terms' conditional modes b̂ at (θ̂, σ̂²), concatenated term by term, level-major."""
-    effects = blocked_random_effects(params.theta, cross_products(arrays, shape), shape,
+    effects = blocked_random_effects(params.theta, cross_products(conditioned(arrays)[0], shape), shape,
                                      params.sigma2)
     return jnp.concatenate([modes.reshape(-1) for modes in effects.modes])
 
@@ -149,7 +152,7 @@ def influence(arrays: ModelArrays, shape: ModelShape, fit: FitParams) -> Influen
         theta = fit.theta - jnp.where(rows, arrays.weights, 0.0) @ dtheta_dw.T
         weights = jnp.where(rows, 0.0, arrays.weights)
         data = dataclasses.replace(arrays, weights=weights)
-        return blocked_profile(theta, cross_products(data, shape), shape).beta - fit.beta
+        return profile_function(data, shape)(theta).beta - fit.beta
 
     deletion = jax.vmap(deleted_beta)(jnp.arange(shape.n_levels[0]))
     return Influence(dbeta_dy, dtheta_dy, dbeta_dw, dtheta_dw, deletion)

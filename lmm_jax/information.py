@@ -44,14 +44,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import scipy.linalg
 
 from .arrays import ModelArrays, ModelShape
-from .blocked import blocked_factor, blocked_profile, cross_products, rest_size
+from .conditioning import conditioned_cross_products, user_xtvx_factor
 from .exported_programs import cached_call
 from .model import SINGULAR_TOLERANCE
 from .structures import CholeskyFactor
+from .term_centring import centred_arrays, centred_theta, centring_maps, variance_scale_map
+from .scale_derivatives import factor_summary
 from .variance_scale import (_vech_indices, deviance_at, engine_parameters, log_determinants_at,
-                             variance_parameters)
+                             profile_at, variance_parameters)
 
 
 # ----- host side: the layout of φ -------------------------------------------------------------
@@ -117,11 +120,8 @@ def engine_map(theta_hat, sigma2_hat, held: tuple[bool, ...], shape: ModelShape)
 
 def ml_deviance_with_beta(beta, theta, sigma2, arrays: ModelArrays, shape: ModelShape):
     """-2ℓ(β, φ) = log|V₀| + n log(2πσ²) + [r² + (β - β̂)'X'V₀⁻¹X(β - β̂)]/σ² (β not profiled)."""
-    cp = cross_products(arrays, shape)
-    profiled = blocked_profile(theta, cp, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
-    l_xx = blocked_factor(theta, cp, shape).l22[q2:r - 1, q2:r - 1]
-    shift = l_xx.T @ (beta - profiled.beta)
+    profiled = profile_at(theta, arrays, shape)
+    shift = _xtvx_factor(theta, arrays, shape).T @ (beta - profiled.beta)
     n = arrays.X.shape[0]
     return (profiled.logdet_v + n * jnp.log(2.0 * jnp.pi * sigma2)
             + (profiled.rss + shift @ shift) / sigma2)
@@ -158,10 +158,14 @@ def information_matrices(arrays: ModelArrays, shape: ModelShape, held: tuple[boo
 
 def xtvx_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
     """X'V⁻¹X = L_XX L_XX' / σ² from the blocked factor."""
-    cp = cross_products(arrays, shape)
-    q2, r = rest_size(shape), cp.rtr.shape[0]
-    l_xx = blocked_factor(theta, cp, shape).l22[q2:r - 1, q2:r - 1]
+    l_xx = _xtvx_factor(theta, arrays, shape)
     return l_xx @ l_xx.T / sigma2
+
+
+def _xtvx_factor(theta, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
+    """L_XX (X'V₀⁻¹X = L_XX L_XX') of the user's X, from the conditioned cross-products."""
+    cp, rep = conditioned_cross_products(arrays, shape)
+    return user_xtvx_factor(factor_summary(theta, cp, shape).l_xx, rep)
 
 
 # ----- host side: the tables ------------------------------------------------------------------
@@ -172,20 +176,36 @@ def information_at(model, theta, sigma2, beta, held: tuple[bool, ...]) -> Inform
     return cached_call(information_matrices, dict(arrays=model.arrays, **values), dict(shape=model.shape, held=held))
 
 
-def fit_information(result) -> tuple[Information, np.ndarray, list[dict]]:
-    """(`Information` as numpy, free mask of φ, rows of φ) for a `FitResult`."""
+def fit_information(result) -> tuple[Information, np.ndarray, list[dict], np.ndarray]:
+    """(`Information` as numpy, free mask of φ, rows of φ, T over the free entries) for a
+    `FitResult`: the information is computed where the fit optimised (the terms' centred
+    columns at θ̂_c, `term_centring.py`; a covariate of mean 1e4 put a diagonal of lme4's θ
+    below the boundary tolerance), on φ_c, with φ = Tφ_c (`user_information` maps it)."""
     model, params = result.model, result.params
-    held = held_terms(params.theta, model.shape)
-    info = information_at(model, params.theta, params.sigma2, params.beta, held)
+    maps = centring_maps(model.arrays, model.shape)
+    theta_c = centred_theta(jnp.asarray(params.theta), maps, model.shape)
+    held = held_terms(theta_c, model.shape)
+    values = dict(theta=theta_c, sigma2=jnp.asarray(params.sigma2), beta=jnp.asarray(params.beta))
+    info = cached_call(information_matrices, dict(arrays=centred_arrays(model.arrays, maps), **values),
+                       dict(shape=model.shape, held=held))
     info = Information(*(np.asarray(m) for m in jax.device_get(info)))
-    return info, free_mask(held, model.shape), variance_rows(model.design, model.shape)
+    free = free_mask(held, model.shape)
+    return info, free, variance_rows(model.design, model.shape), variance_scale_map(maps, model.shape)[
+        np.ix_(free, free)]
 
 
-def inverse_diagonal(matrix: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """diag of the inverse of a free-entries matrix, put back on all entries (NaN where held)."""
+def user_information(matrix: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """An information matrix on φ_c (or on (β, φ_c), β first) as one on φ = Tφ_c: T⁻ᵀ I T⁻¹."""
+    t_inv = scipy.linalg.block_diag(np.eye(matrix.shape[0] - t.shape[0]), np.linalg.inv(t))
+    return t_inv.T @ matrix @ t_inv
+
+
+def mapped_inverse_diagonal(matrix: np.ndarray, t: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """diag of T I⁻¹ T' (the inverse of the information on φ = Tφ_c, without inverting that
+    ill-conditioned matrix), put back on all entries (NaN where held)."""
     out = np.full(free.size, np.nan)
     if matrix.size:
-        out[free] = np.diag(np.linalg.inv(matrix))
+        out[free] = np.diag(t @ np.linalg.inv(matrix) @ t.T)
     return out
 
 
@@ -197,11 +217,11 @@ def estimates_on_variance_scale(result) -> np.ndarray:
 def variance_components(result) -> pd.DataFrame:
     """One row per variance/covariance (varcorr order, residual last): group, var1, var2,
     estimate, se_expected, se_observed (NaN for the entries of a boundary term)."""
-    info, free, rows = fit_information(result)
+    info, free, rows, t = fit_information(result)
     frame = pd.DataFrame(rows)
     frame["estimate"] = estimates_on_variance_scale(result)
-    frame["se_expected"] = np.sqrt(inverse_diagonal(info.expected, free))
-    frame["se_observed"] = np.sqrt(inverse_diagonal(info.observed, free))
+    frame["se_expected"] = np.sqrt(mapped_inverse_diagonal(info.expected, t, free))
+    frame["se_observed"] = np.sqrt(mapped_inverse_diagonal(info.observed, t, free))
     return frame.set_index("name").rename_axis("parameter")
 
 
@@ -210,13 +230,13 @@ def fisher_information(result, kind: str = "expected") -> pd.DataFrame:
     columns of a boundary term's entries are NaN."""
     if kind not in ("expected", "observed"):
         raise ValueError(f"kind must be 'expected' or 'observed', got {kind!r}")
-    info, free, rows = fit_information(result)
+    info, free, rows, t = fit_information(result)
     names = list(result.design.fixed_names) + [r["name"] for r in rows]
     p = len(result.design.fixed_names)
     if kind == "expected":
-        matrix = jax.scipy.linalg.block_diag(info.xtvx, info.expected)
+        matrix = scipy.linalg.block_diag(info.xtvx, user_information(info.expected, t))
     else:
-        matrix = info.observed_psi
+        matrix = user_information(info.observed_psi, t)
     keep = np.concatenate([np.ones(p, dtype=bool), free])
     full = np.full((keep.size, keep.size), np.nan)
     full[np.ix_(keep, keep)] = np.asarray(matrix)

@@ -35,10 +35,11 @@ from .scale_derivatives import ScaleDerivatives
 
 
 class KenwardRogerTerms(NamedTuple):
-    """Φ (p, p), P (k, p, p), W (k, k) and the adjusted Φ_A (p, p)."""
+    """Φ (p, p), ΦP_iΦ (k, p, p), W (k, k) and the adjusted Φ_A (p, p): all but W are
+    covariances of β̂ (or their derivatives), mapped to another parametrisation of β alike."""
 
     vcov: jnp.ndarray
-    P: jnp.ndarray
+    phi_p_phi: jnp.ndarray
     W: jnp.ndarray
     vcov_adjusted: jnp.ndarray
 
@@ -54,7 +55,8 @@ def kenward_roger_terms(derivatives: ScaleDerivatives, interior_information=None
     q_sum = 0.5 * jnp.einsum("ij,abij->ab", w, derivatives.d2_m)
     pp_sum = jnp.einsum("ij,iab,bc,jcd->ad", w, p_mats, vcov, p_mats)
     vcov_adjusted = vcov + 2.0 * vcov @ (q_sum - pp_sum) @ vcov
-    return KenwardRogerTerms(vcov, p_mats, w, vcov_adjusted)
+    phi_p_phi = jnp.einsum("ab,kbc,cd->kad", vcov, p_mats, vcov)
+    return KenwardRogerTerms(vcov, phi_p_phi, w, vcov_adjusted)
 
 
 GINV_SWITCH = 1e-10  # pbkrtest: a generalised inverse when min |eigenvalue of 2I| is at most this
@@ -100,7 +102,7 @@ def kenward_roger_adjust(L: np.ndarray, terms: KenwardRogerTerms) -> tuple[float
     phi = np.asarray(terms.vcov)
     q = int(np.linalg.matrix_rank(L))
     big_theta = L.T @ np.linalg.solve(L @ phi @ L.T, L)
-    u = np.einsum("ab,bc,kcd,de->kae", big_theta, phi, terms.P, phi)
+    u = np.einsum("ab,kbc->kac", big_theta, terms.phi_p_phi)
     traces = np.einsum("kaa->k", u)
     a1 = float(traces @ terms.W @ traces)
     a2 = float(np.einsum("ij,iab,jba->", terms.W, u, u))

@@ -34,13 +34,15 @@ from . import _config  # noqa: F401  (float64)
 from . import moment_start, single_term_derivatives
 from .arrays import ModelArrays, ModelShape, bounded_mask, canonical_theta, to_device, to_host
 from .blocked import blocked_profile, blocked_profile_and_xtvx_inverse, cross_products, rest_size
+from .conditioning import conditioned, fitted_exactly, user_profiled, user_xtvx_inverse
 from .dense import dense_profile
-from .design import Design, build_design
+from .design import EXACT_FIT_TOLERANCE, Design, build_design
 from .exported_programs import cached_call
 from .likelihood import Profiled, known_scale_deviance, profiled_deviance, profiled_sigma2
 from .loop_carries import data_reference, tied_to
-from .newton import OptimResult, minimize
+from .newton import EXACT_FIT, OptimResult, minimize
 from .sparse_schur import schur_pairs
+from .term_centring import centred_arrays, centred_theta, centring_maps, user_theta
 from .start_search import quasi_newton_start
 
 SINGULAR_TOLERANCE = 1e-4  # lme4's isSingular(tol = 1e-4) on bounded θ entries
@@ -84,7 +86,16 @@ EVALUATORS = ("blocked", "dense")
 
 
 def profile_function(arrays: ModelArrays, shape: ModelShape, evaluator: str = "blocked"):
-    """θ -> `Profiled` through the blocked (fast) or the dense (oracle) evaluator."""
+    """θ -> `Profiled` through the blocked (fast) or the dense (oracle) evaluator, which see
+    the conditioned arrays (y's least-squares residual, an orthonormalised X:
+    `conditioning.py`); β̂ and log|X'V₀⁻¹X| are mapped back to the user's X and y."""
+    data, rep = conditioned(arrays)
+    profile = _evaluator(data, shape, evaluator)
+    return lambda theta: user_profiled(profile(theta), rep)
+
+
+def _evaluator(arrays: ModelArrays, shape: ModelShape, evaluator: str):
+    """θ -> `Profiled` of `arrays` as they are, blocked or dense."""
     if evaluator == "dense":
         return lambda theta: dense_profile(theta, arrays, shape)
     if evaluator != "blocked":
@@ -142,8 +153,9 @@ def closed_form_derivatives(arrays: ModelArrays, shape: ModelShape, evaluator: s
     batch of sleepstudy-shaped fits), else None (autodiff of the criterion)."""
     if evaluator != "blocked" or not single_term_derivatives.applies(arrays, shape):
         return None
+    data, rep = conditioned(arrays)
     return single_term_derivatives.value_grad_hess_function(
-        arrays, shape, lambda profiled: criterion(profiled, arrays, shape))
+        data, shape, lambda profiled: criterion(user_profiled(profiled, rep), arrays, shape))
 
 
 def minimize_with_boundary(deviance, x0: jnp.ndarray, bounded, canonicalize, maxiter: int,
@@ -217,18 +229,35 @@ def _boundary_choice(phases: OptimResult, tried):
 @partial(jax.jit, static_argnames=("shape", "maxiter", "evaluator"))
 def fit_arrays(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                maxiter: int = 200, evaluator: str = "blocked") -> FitParams:
-    """The whole fit as one pure function of arrays (jit/vmap-able)."""
-    optimum = _optimum(arrays, shape, theta0, maxiter, evaluator)
-    return _fit_params(optimum, profile_function(arrays, shape, evaluator)(optimum[0]), arrays, shape)
+    """The whole fit as one pure function of arrays (jit/vmap-able), on the terms' centred
+    columns (`term_centring.py`), θ̂ reported on the user's."""
+    data, maps, optimum = _centred_optimum(arrays, shape, theta0, maxiter, evaluator)
+    params = _fit_params(optimum, profile_function(data, shape, evaluator)(optimum[0]), data, shape)
+    return params._replace(theta=user_theta(params.theta, maps, shape))
 
 
 def fit_arrays_with_xtvx_inverse(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray,
                                  maxiter: int = 200) -> tuple[FitParams, jnp.ndarray]:
     """`fit_arrays` (blocked evaluator) and (X'V₀⁻¹X)⁻¹ at θ̂, both from one factor of the
     Schur complement at θ̂ (`blocked_profile_and_xtvx_inverse`: batch fits' standard errors)."""
-    optimum = _optimum(arrays, shape, theta0, maxiter, "blocked")
-    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(arrays, shape), shape)
-    return _fit_params(optimum, profiled, arrays, shape), xtvx_inv
+    data, maps, optimum = _centred_optimum(arrays, shape, theta0, maxiter, "blocked")
+    conditioned_data, rep = conditioned(data)
+    profiled, xtvx_inv = blocked_profile_and_xtvx_inverse(optimum[0], cross_products(conditioned_data, shape),
+                                                          shape)
+    params = _fit_params(optimum, user_profiled(profiled, rep), data, shape)
+    return params._replace(theta=user_theta(params.theta, maps, shape)), user_xtvx_inverse(xtvx_inv, rep)
+
+
+def _centred_optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int,
+                     evaluator: str):
+    """(the arrays on the terms' centred columns, the terms' maps B, `_optimum` there): θ₀ is
+    mapped to the centred columns, except lme4's default θ₀ (identity factors), which is
+    the start in whatever columns are fitted."""
+    maps = centring_maps(arrays, shape)
+    data = centred_arrays(arrays, maps)
+    default = jnp.all(theta0 == shape.initial_theta())
+    start = jnp.where(default, theta0, centred_theta(theta0, maps, shape))
+    return data, maps, _optimum(data, shape, start, maxiter, evaluator)
 
 
 def _optimum(arrays: ModelArrays, shape: ModelShape, theta0: jnp.ndarray, maxiter: int, evaluator: str):
@@ -251,7 +280,8 @@ def _quasi_newton_start(deviance, arrays: ModelArrays, shape: ModelShape, theta0
     moment start is not defined) the search from θ₀."""
     if not moment_start.applies(shape):
         return quasi_newton_start(deviance, theta0, shape, bounded)
-    moments = moment_start.moment_start(cross_products(arrays, shape), arrays, shape,
+    data = conditioned(arrays)[0]
+    moments = moment_start.moment_start(cross_products(data, shape), data, shape,
                                         observation_count(arrays, shape)[0])
     use_moments = jnp.all(theta0 == shape.initial_theta()) & jnp.all(jnp.isfinite(moments))
     return quasi_newton_start(deviance, jnp.where(use_moments, moments, theta0), shape, bounded,
@@ -262,8 +292,23 @@ def _fit_params(optimum, profiled: Profiled, arrays: ModelArrays, shape: ModelSh
     """`FitParams` from `_optimum`'s record and the profiled quantities at θ̂."""
     theta, best, iterations, singular = optimum
     objective = criterion(profiled, arrays, shape)
-    return FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
-                     -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular)
+    params = FitParams(theta, profiled.beta, sigma2_estimate(profiled, arrays, shape), objective,
+                       -0.5 * objective, jnp.max(jnp.abs(best.grad)), iterations, best.status, singular)
+    return params if shape.known_scale else _marked_if_exact(params, arrays)
+
+
+def _marked_if_exact(params: FitParams, arrays: ModelArrays) -> FitParams:
+    """A response X fits exactly (`conditioning.fitted_exactly`) has no optimum (the criterion
+    falls without bound as σ² -> 0): status `EXACT_FIT`, θ̂, σ̂² and the criterion NaN, β̂ the
+    least-squares fit, as `fit_batch` marks it."""
+    exact = fitted_exactly(arrays, EXACT_FIT_TOLERANCE)
+    nan = jnp.asarray(jnp.nan, params.sigma2.dtype)
+    return params._replace(
+        theta=jnp.where(exact, nan, params.theta),
+        beta=jnp.where(exact, conditioned(arrays)[1].shift, params.beta),
+        sigma2=jnp.where(exact, nan, params.sigma2), objective=jnp.where(exact, nan, params.objective),
+        loglik=jnp.where(exact, nan, params.loglik), singular=params.singular & ~exact,
+        status=jnp.where(exact, EXACT_FIT, params.status))
 
 
 class Model:

@@ -23,7 +23,11 @@ so that D's curvature along each φ_j is about 1 whatever the units of y and of 
 covariates: `newton.minimize`'s tolerances are absolute (a gradient of 1e-7), and in ψ
 itself D's gradient scales like 1/scale(y), so with y ~ 1e8 the inner fits stopped short
 of their optimum (ζ 1.914 at the reported ends of Days instead of 1.960). Powers of 2 make
-ψ = c φ exact, so the bounds and the reported ends map back without rounding.
+ψ = c φ exact, so the bounds of the variance parameters and their reported ends map back
+without rounding. The β coordinates are measured from β̂ (ψ_β = β̂ + c φ_β): the step
+tolerance is relative to max|φ|, and β's origin is arbitrary (a response of mean 1e8 put
+the intercept's φ at 1e7, the inner fits stopped a step short and Days' interval came out
+0.1 % narrow); D itself sees β through β_c = R(β - b₀) (`sdcor.sdcor_deviance`).
 
 An end that the profile does not reach inside the parameter's range is reported as lme4
 reports it: the bound itself (an SD's lower limit 0, a correlation's ±1, σ's 0 or ∞), with
@@ -41,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .arrays import ModelArrays, ModelShape
-from .blocked import cross_products
+from .conditioning import conditioned_cross_products
 from .model import fit_arrays
 from .newton import minimize
 from .sdcor import n_variance, parameter_bounds, sdcor_deviance, theta_to_sdcor
@@ -187,20 +191,41 @@ def profile_limits(arrays: ModelArrays, shape: ModelShape, psi_hat, d_hat, z, wh
     compiled program serves every coordinate. The ends are found in the standardised
     coordinates φ = ψ / c of `coordinate_scales` (D(c φ), its Hessian c_i H_ij c_j)."""
     shape = ml_shape(shape)
-    cp = cross_products(arrays, shape)
-    deviance = partial(sdcor_deviance, cp=cp, shape=shape, n=arrays.y.shape[0])
+    cp, rep = conditioned_cross_products(arrays, shape)
+    deviance = partial(sdcor_deviance, cp=cp, rep=rep, shape=shape, n=arrays.y.shape[0])
     hess = jax.hessian(deviance)(psi_hat)
     scale = coordinate_scales(hess)
-    lower, upper = (jnp.asarray(b) / scale for b in parameter_bounds(shape, arrays.X.shape[1]))
+    is_beta = jnp.arange(psi_hat.shape[0]) >= n_variance(shape)
+    origin = jnp.where(is_beta, psi_hat, 0.0)
+    lower, upper = ((jnp.asarray(b) - origin) / scale for b in parameter_bounds(shape, arrays.X.shape[1]))
     which = jnp.asarray(which)
     ws = jnp.repeat(which, 2)
     directions = jnp.tile(jnp.asarray([-1.0, 1.0]), which.shape[0])
-    values, status = jax.lax.map(
-        lambda a: profile_end(lambda phi: deviance(scale * phi), psi_hat / scale, d_hat,
-                              hess * jnp.outer(scale, scale), a[0], a[1], z, lower, upper),
-        (ws, directions))
-    values = values * scale[ws]
+
+    def end(w, direction):
+        drift = conditional_beta_drift(hess, w, is_beta)
+        phi_hat = (psi_hat - origin) / scale
+
+        def to_psi(phi):
+            return origin + scale * phi + drift * scale[w] * (phi[w] - phi_hat[w])
+
+        return profile_end(lambda phi: deviance(to_psi(phi)), phi_hat, d_hat, hess * jnp.outer(scale, scale),
+                           w, direction, z, lower, upper)
+
+    values, status = jax.lax.map(lambda a: end(a[0], a[1]), (ws, directions))
+    values = origin[ws] + values * scale[ws]
     return ProfileLimits(psi_hat[which], values[0::2], values[1::2], status[0::2], status[1::2])
+
+
+def conditional_beta_drift(hess: jnp.ndarray, w, is_beta: jnp.ndarray) -> jnp.ndarray:
+    """d = -H_bb⁻¹H_bw over the β coordinates b other than w (0 elsewhere): how the other β's
+    optimum moves with ψ_w at ψ̂ (H the Hessian of D there). The inner fits' coordinates move
+    along it (ψ_b = ψ̂_b + c_b φ_b + d_b (ψ_w - ψ̂_w)), so the free φ stay near 0 however far
+    ψ_w goes; at an inner optimum ∂D/∂φ_b = 0, so dD_w/dψ_w is still ∂D/∂ψ_w there."""
+    others = is_beta & (jnp.arange(hess.shape[0]) != w)
+    block = jnp.where(others[:, None] & others[None, :], hess, jnp.eye(hess.shape[0], dtype=hess.dtype))
+    drift = jnp.linalg.solve(block, jnp.where(others, -hess[:, w], 0.0))
+    return jnp.where(jnp.isfinite(drift), drift, 0.0)
 
 
 def all_coordinates(shape: ModelShape, n_fixed: int) -> np.ndarray:
@@ -211,5 +236,5 @@ def check_against_base(arrays: ModelArrays, shape: ModelShape, theta0) -> float:
     """|D(ψ̂) - D̂|: the sd/cor deviance agrees with the fit's ML deviance (a self-check)."""
     psi_hat, d_hat = ml_estimates(arrays, shape, theta0)
     shape = ml_shape(shape)
-    cp = cross_products(arrays, shape)
-    return float(np.abs(sdcor_deviance(psi_hat, cp, shape, arrays.y.shape[0]) - d_hat))
+    cp, rep = conditioned_cross_products(arrays, shape)
+    return float(np.abs(sdcor_deviance(psi_hat, cp, rep, shape, arrays.y.shape[0]) - d_hat))

@@ -27,6 +27,7 @@ from jax.scipy.linalg import solve_triangular
 
 from .arrays import ModelArrays, ModelShape
 from .blocked import RandomEffects, blocked_profile, blocked_summaries, cross_products
+from .conditioning import conditioned, user_profiled, user_xtvx_inverse
 from .dense import dense_z_lambda, profile_from_v0
 from .group_linalg import loop_cholesky, loop_solve_lower
 from .likelihood import Profiled
@@ -113,14 +114,16 @@ def gls_profile(white: ModelArrays) -> Profiled:
 
 
 def residual_profile(x, arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape) -> Profiled:
-    """`Profiled` at x = (θ, residual params) through whitening and the blocked evaluator."""
-    white, logdet_r = whiten(x, arrays, res, shape)
+    """`Profiled` at x = (θ, residual params) through whitening and the blocked evaluator, of
+    the conditioned arrays (whitening is linear, so `conditioning.py`'s identities hold)."""
+    data, rep = conditioned(arrays)
+    white, logdet_r = whiten(x, data, res, shape)
     if not shape.model.n_levels:
         profiled = gls_profile(white)
     else:
         theta, _, _ = shape.split(x)
         profiled = blocked_profile(theta, cross_products(white, shape.model), shape.model)
-    return profiled._replace(logdet_v=profiled.logdet_v + logdet_r)
+    return user_profiled(profiled._replace(logdet_v=profiled.logdet_v + logdet_r), rep)
 
 
 def dense_r0(x, arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape) -> jnp.ndarray:
@@ -149,12 +152,14 @@ def dense_residual_profile(x, arrays: ModelArrays, res: ResidualArrays, shape: R
 def residual_post_fit(x, arrays: ModelArrays, res: ResidualArrays, shape: ResidualShape, beta, sigma2):
     """(X'V₀⁻¹X)⁻¹, the random effects (`blocked.RandomEffects`, empty without random terms)
     and the fitted values Xβ̂ + Zb̂ on the original rows, at the estimates (x, β̂, σ̂²)."""
-    white, _ = whiten(x, arrays, res, shape)
+    data, rep = conditioned(arrays)
+    white, _ = whiten(x, data, res, shape)
     fitted = arrays.X @ beta
     if not shape.model.n_levels:
-        return jnp.linalg.inv(white.X.T @ white.X), RandomEffects([], []), fitted
+        return user_xtvx_inverse(jnp.linalg.inv(white.X.T @ white.X), rep), RandomEffects([], []), fitted
     theta, _, _ = shape.split(x)
     xtvx_inv, effects = blocked_summaries(theta, cross_products(white, shape.model), shape.model, sigma2)
+    xtvx_inv = user_xtvx_inverse(xtvx_inv, rep)
     for codes, values, modes in zip(arrays.codes, arrays.values, effects.modes):
         fitted = fitted + (values * modes[codes]).sum(axis=1)
     return xtvx_inv, effects, fitted

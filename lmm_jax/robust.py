@@ -40,6 +40,7 @@ from .arrays import ModelArrays, ModelShape
 from .design import DataError
 from .exported_programs import cached_call
 from .blocked import blocked_xtvx_inverse, cross_products
+from .conditioning import conditioned, conditioned_beta, user_xtvx_inverse
 from .information import (free_mask, held_terms, information_matrices, variance_components,
                           variance_rows)
 from .variance_scale import _vech_indices, variance_parameters
@@ -137,16 +138,27 @@ def sandwich(bread: jnp.ndarray, parts: jnp.ndarray) -> jnp.ndarray:
     return bread @ (parts.T @ parts) @ bread
 
 
+def sandwiches(arrays: ModelArrays, shape: ModelShape, held: tuple[bool, ...], theta, sigma2, beta,
+               clusters: Clusters):
+    """(Var_rob(β̂), J⁻¹ [Σ_c s_c s_c'] J⁻¹, J⁻¹) at the estimates (θ̂, σ̂², β̂), the last two over
+    the free entries of φ; pure, so it maps over many fits. The clusters' parts come from the
+    conditioned arrays (`conditioning.py`: y_c = y - Xb₀, X_c = XR⁻¹, β_c = R(β - b₀)), where
+    r_c and s_c are the same and X_c'V_c⁻¹r_c = R⁻ᵀX'V_c⁻¹r_c, H_c = RHR': the β̂ sandwich maps
+    back as R⁻¹(H_c [Σ_c u_c u_c'] H_c)R⁻ᵀ."""
+    phi = variance_parameters(theta, sigma2, shape)
+    data, rep = conditioned(arrays)
+    beta_cov = sigma2 * blocked_xtvx_inverse(theta, cross_products(data, shape), shape)
+    scores, parts = cluster_contributions(phi, conditioned_beta(beta, rep), beta_cov, clusters, data, shape)
+    free = np.flatnonzero(free_mask(held, shape))
+    bread = jnp.linalg.inv(information_matrices(arrays, shape, held, theta, sigma2, beta).observed)
+    return user_xtvx_inverse(sandwich(beta_cov, parts), rep), sandwich(bread, scores[:, free]), bread
+
+
 def variance_sandwich(arrays: ModelArrays, shape: ModelShape, held: tuple[bool, ...], theta, sigma2,
                       beta, clusters: Clusters):
     """(J⁻¹ [Σ_c s_c s_c'] J⁻¹, J⁻¹) over the free entries of φ at the estimates (θ̂, σ̂², β̂):
-    the sandwich and the model-based covariance of φ̂; pure, so it maps over many fits."""
-    phi = variance_parameters(theta, sigma2, shape)
-    beta_cov = sigma2 * blocked_xtvx_inverse(theta, cross_products(arrays, shape), shape)
-    scores, _ = cluster_contributions(phi, beta, beta_cov, clusters, arrays, shape)
-    free = np.flatnonzero(free_mask(held, shape))
-    bread = jnp.linalg.inv(information_matrices(arrays, shape, held, theta, sigma2, beta).observed)
-    return sandwich(bread, scores[:, free]), bread
+    the sandwich and the model-based covariance of φ̂ (`sandwiches`)."""
+    return sandwiches(arrays, shape, held, theta, sigma2, beta, clusters)[1:]
 
 
 # ----- host side: the tables ------------------------------------------------------------------
@@ -162,14 +174,9 @@ def robust_vcov(result) -> dict:
     held = held_terms(params.theta, model.shape)
     free = free_mask(held, model.shape)
     theta, sigma2, beta = (jnp.asarray(a) for a in (params.theta, params.sigma2, params.beta))
-    phi = variance_parameters(theta, sigma2, model.shape)
-    beta_cov = jnp.asarray(result.vcov.to_numpy())
-    _, beta_parts = cached_call(cluster_contributions, dict(phi=phi, beta=beta, beta_cov=beta_cov, clusters=clusters,
-                                                            arrays=model.arrays), dict(shape=model.shape))
-    beta_rob = np.asarray(sandwich(beta_cov, beta_parts))
-    phi_rob, _ = jax.device_get(cached_call(_variance_sandwich, dict(arrays=model.arrays, theta=theta, sigma2=sigma2,
-                                                                     beta=beta, clusters=clusters),
-                                            dict(shape=model.shape, held=held)))
+    beta_rob, phi_rob, _ = jax.device_get(cached_call(
+        _sandwiches, dict(arrays=model.arrays, theta=theta, sigma2=sigma2, beta=beta, clusters=clusters),
+        dict(shape=model.shape, held=held)))
     full = np.full((free.size, free.size), np.nan)
     full[np.ix_(free, free)] = phi_rob
     names = list(result.design.fixed_names)
@@ -182,4 +189,4 @@ def robust_vcov(result) -> dict:
             "variance_components": components}
 
 
-_variance_sandwich = jax.jit(variance_sandwich, static_argnames=("shape", "held"))
+_sandwiches = jax.jit(sandwiches, static_argnames=("shape", "held"))

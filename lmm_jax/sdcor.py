@@ -26,6 +26,7 @@ import numpy as np
 
 from .arrays import ModelShape
 from .blocked import CrossProducts, blocked_factor, rest_size
+from .conditioning import Reparametrisation, conditioned_beta
 from .small_linalg import small_cholesky
 from .structures import CholeskyFactor
 
@@ -83,11 +84,13 @@ def theta_to_sdcor(theta: jnp.ndarray, sigma, shape: ModelShape) -> jnp.ndarray:
     return jnp.concatenate(parts)
 
 
-def sdcor_deviance(psi: jnp.ndarray, cp: CrossProducts, shape: ModelShape, n: int) -> jnp.ndarray:
-    """D(ψ), the ML deviance at ψ = (sd/cor, σ, β) (module docstring)."""
+def sdcor_deviance(psi: jnp.ndarray, cp: CrossProducts, rep: Reparametrisation, shape: ModelShape,
+                   n: int) -> jnp.ndarray:
+    """D(ψ), the ML deviance at ψ = (sd/cor, σ, β) (module docstring), from the conditioned
+    cross-products (`conditioning.conditioned_cross_products`; β_c = R(β - b₀))."""
     k = n_variance(shape)
     theta = sdcor_to_theta(psi[:k], shape)
-    beta = psi[k:]
+    beta = conditioned_beta(psi[k:], rep)
     factor = blocked_factor(theta, cp, shape)
     q2, r = rest_size(shape), cp.rtr.shape[0]
     logdet_v = 2.0 * (jnp.sum(jnp.log(jnp.diagonal(factor.l11, axis1=1, axis2=2)))

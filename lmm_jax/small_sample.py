@@ -19,12 +19,14 @@ import numpy as np
 
 from .arrays import ModelArrays, ModelShape, to_host
 from .blocked import cross_products
+from .conditioning import Reparametrisation, conditioned, user_xtvx_inverse
 from .exported_programs import cached_call
 from .kenward_roger import KenwardRogerTerms, kenward_roger_adjust, kenward_roger_terms
 from .satterthwaite import (SatterthwaiteTerms, contrast_df, satterthwaite_terms_phi,
                             satterthwaite_terms_psi)
 from .scale_derivatives import scale_derivatives
 from .structures import CholeskyFactor
+from .term_centring import centred_arrays, centred_theta, centring_maps
 
 
 class SmallSampleTerms(NamedTuple):
@@ -44,7 +46,16 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
 
     One forward-over-forward pass on φ serves both (`scale_derivatives.py`); Satterthwaite
     is taken on lmerTest's ψ = (θ, σ) scale instead at a `boundary` (a singular fit, where
-    φ's df differ from lmerTest's) or without the φ scale."""
+    φ's df differ from lmerTest's) or without the φ scale.
+
+    The terms are computed where the fit optimised, on the terms' centred columns at θ̂_c
+    (`term_centring.py`; the df are invariant to that map of the variance parameters, away
+    from a boundary; at one, lmerTest's ψ = (θ, σ) is lme4's θ on the user's columns), and on
+    the conditioned X and y (`conditioning.py`: X_c'V₀⁻¹X_c inverts without the digits a
+    covariate of large mean costs), then mapped back to the user's β (`user_terms`)."""
+    maps = (None,) * len(shape.structures) if boundary else centring_maps(arrays, shape)
+    theta = centred_theta(theta, maps, shape)
+    arrays, rep = conditioned(centred_arrays(arrays, maps))
     phi_scale = on_variance_scale(shape)
     derivatives, interior = None, None
     if phi_scale and boundary and shape.reml:  # and at lme4's start θ₀ (Λ = I: interior), for
@@ -61,6 +72,18 @@ def small_sample_terms(arrays: ModelArrays, shape: ModelShape, theta, sigma2,
     else:
         satt = satterthwaite_terms_psi(cross_products(arrays, shape), arrays, shape, theta, sigma2)
     kr = kenward_roger_terms(derivatives, interior) if phi_scale and shape.reml else None
+    return user_terms(SmallSampleTerms(satt, kr), rep)
+
+
+def user_terms(terms: SmallSampleTerms, rep: Reparametrisation) -> SmallSampleTerms:
+    """The terms of β_c = R(β - b₀) as terms of β: each covariance of β̂ and each of its
+    derivatives C -> R⁻¹CR⁻ᵀ (`conditioning.user_xtvx_inverse`)."""
+    satt = terms.satterthwaite._replace(vcov=user_xtvx_inverse(terms.satterthwaite.vcov, rep),
+                                        jacobian=user_xtvx_inverse(terms.satterthwaite.jacobian, rep))
+    kr = terms.kenward_roger
+    if kr is not None:
+        kr = kr._replace(vcov=user_xtvx_inverse(kr.vcov, rep), phi_p_phi=user_xtvx_inverse(kr.phi_p_phi, rep),
+                         vcov_adjusted=user_xtvx_inverse(kr.vcov_adjusted, rep))
     return SmallSampleTerms(satt, kr)
 
 
@@ -76,6 +99,16 @@ def fit_terms(result) -> SmallSampleTerms:
 MIN_DF = 1e-6  # ν = 2/CV(v̂)² of a coefficient's variance v: below this, CV(v̂) > 1414
 
 
+VARPAR_RANK_TOLERANCE = 1e-10  # smallest eigenvalue of Var(ψ̂)'s correlation form
+
+
+def _smallest_correlation_eigenvalue(varpar: np.ndarray) -> float:
+    """The smallest eigenvalue of D^(-1/2) Var(ψ̂) D^(-1/2), D = diag Var(ψ̂): free of the
+    parameters' units, near 0 where H is singular (a direction of ψ without curvature)."""
+    scale = np.sqrt(np.diag(varpar))
+    return float(np.linalg.eigvalsh(varpar / np.outer(scale, scale)).min())
+
+
 def checked_varpar(satt: SatterthwaiteTerms) -> SatterthwaiteTerms:
     """Satterthwaite's terms, with Var(ψ̂) = 2H⁻¹ set to NaN (and a warning) where H is not
     positive definite, or where a coefficient's ν = 2v²/Var(v̂) is below `MIN_DF` (the
@@ -83,10 +116,14 @@ def checked_varpar(satt: SatterthwaiteTerms) -> SatterthwaiteTerms:
     the likelihood does not identify (a random term confounded with the fixed effects:
     bodyweight's (1 | Diet:Tf) beside Tf * Diet) has no curvature, and 2H⁻¹ came out with
     an eigenvalue of -1.8e18 (df ~-7e-14, NaN p-values, only numpy's warning) or, with
-    other rounding, +1.6e18 (df ~1e-14, p = 1)."""
+    other rounding, +1.6e18 (df ~1e-14, p = 1). Rounding alone decides which, and whether
+    the df come out tiny: (1 | Subject) + (0 + late | Subject) (late a two-level factor) gave
+    eigenvalues 1e4..5e17 and df 17.004, so a smallest eigenvalue of 2H⁻¹'s correlation
+    form below `VARPAR_RANK_TOLERANCE` (9e-14 there) counts as singular too."""
     varpar = np.asarray(satt.vcov_varpar)
     coefficients = np.eye(np.asarray(satt.vcov).shape[0])
     if varpar.size and np.all(np.isfinite(varpar)) and np.linalg.eigvalsh(varpar).min() > 0 \
+            and _smallest_correlation_eigenvalue(varpar) > VARPAR_RANK_TOLERANCE \
             and min(contrast_df(row, satt) for row in coefficients) >= MIN_DF:
         return satt
     warnings.warn("the deviance's Hessian in the variance parameters is not positive definite (or "

@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .arrays import ModelArrays, ModelShape, relative_factors
-from .blocked import blocked_profile, blocked_xtvx_inverse, cross_products
+from .blocked import blocked_profile, blocked_xtvx_inverse
+from .conditioning import conditioned_cross_products, user_profiled, user_xtvx_inverse
+from .likelihood import Profiled
 from .structures import CholeskyFactor
 
 
@@ -103,7 +105,7 @@ def log_determinants(phi: jnp.ndarray, arrays: ModelArrays, shape: ModelShape):
 def deviance_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape):
     """`deviance_on_variance_scale` at the engine's (θ, σ²) (information.py holds a boundary
     term's Σ_k fixed through θ, where φ -> θ is not differentiable)."""
-    profiled = blocked_profile(theta, cross_products(arrays, shape), shape)
+    profiled = profile_at(theta, arrays, shape)
     n, p = arrays.X.shape
     d = n - p if shape.reml else n
     out = profiled.logdet_v + d * jnp.log(2.0 * jnp.pi * sigma2) + profiled.rss / sigma2
@@ -112,9 +114,16 @@ def deviance_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape):
     return out
 
 
+def profile_at(theta, arrays: ModelArrays, shape: ModelShape) -> Profiled:
+    """The blocked evaluator's `Profiled` at θ, of the conditioned arrays mapped back to the
+    user's X and y (`conditioning.py`: a response or covariate of large mean keeps its digits)."""
+    cp, rep = conditioned_cross_products(arrays, shape)
+    return user_profiled(blocked_profile(theta, cp, shape), rep)
+
+
 def log_determinants_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape):
     """`log_determinants` at the engine's (θ, σ²)."""
-    profiled = blocked_profile(theta, cross_products(arrays, shape), shape)
+    profiled = profile_at(theta, arrays, shape)
     n, p = arrays.X.shape
     out = profiled.logdet_v + n * jnp.log(sigma2)
     if shape.reml:
@@ -125,4 +134,5 @@ def log_determinants_at(theta, sigma2, arrays: ModelArrays, shape: ModelShape):
 def beta_covariance(phi: jnp.ndarray, arrays: ModelArrays, shape: ModelShape) -> jnp.ndarray:
     """Var(β̂)(φ) = (X'V⁻¹X)⁻¹ = σ² (X'V₀⁻¹X)⁻¹."""
     theta, sigma2 = engine_parameters(phi, shape)
-    return sigma2 * blocked_xtvx_inverse(theta, cross_products(arrays, shape), shape)
+    cp, rep = conditioned_cross_products(arrays, shape)
+    return sigma2 * user_xtvx_inverse(blocked_xtvx_inverse(theta, cp, shape), rep)

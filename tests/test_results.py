@@ -10,7 +10,7 @@ import pytest
 
 import lmm_jax
 
-KEYS = {"formula", "method", "nobs", "converged", "fixed", "sigma", "theta", "varcorr", "loglik",
+KEYS = {"formula", "method", "nobs", "converged", "convergence", "fixed", "sigma", "theta", "varcorr", "loglik",
         "df_model", "aic", "bic", "deviance", "reml_criterion", "singular", "ranef", "correlation_parameters",
         "variance_function", "structure_parameters"}
 
