@@ -65,7 +65,11 @@ def _told_of_problems(result):
     """lme4's messages at fit time, as warnings: a fit that did not converge, and a singular
     one (a variance estimated as 0, or a correlation as ±1), which users should know before
     reading its numbers."""
-    if not result.converged:
+    failures = result.convergence_checks[0]
+    if not result.converged and failures and int(result.params.status) <= 1:
+        warnings.warn("the optimiser stopped normally, but the fit is not converged: " + "; ".join(failures)
+                      + " (result.converged is False; lme4's convergence checks)", stacklevel=3)
+    elif not result.converged:
         warnings.warn(f"the fit did not converge ({result.convergence_message}); its estimates are "
                       "not an optimum of the criterion", stacklevel=3)
     for message in result.convergence_checks[1]:

@@ -484,34 +484,48 @@ FAY_HERRIOT = [
          Returns(lambda r: list(r.fixed_names) == ["(Intercept)", "x", "Intercept"])),
 ]
 
-# Issue 36's degenerate designs. The numerics work (identifiability checks, shift-free
-# fits) will change several of these outcomes; each row asserts what holds now, and the
-# comment says what is to come.
+# Issue 36's degenerate designs: a design that does not identify its variances is reported
+# as not converged, with a warning naming the terms (lme4 warns of a degenerate Hessian); a
+# response or covariate of large mean is fitted as the unshifted data are.
+NOT_CONVERGED = "the fit is not converged"
+
+
+def not_converged(result) -> bool:
+    return not result.converged and result.to_dict()["convergence"]["failures"]
+
+
+def close_to_simple_shifted(result, slope_rel: float) -> bool:
+    return result.converged and same_slope(result, rel=slope_rel) and \
+        result.loglik == pytest.approx(simple_fit().loglik, rel=1e-8)
+
+
 DEGENERATE = [
-    # the same term twice: only the sum of the two variances is identified (lme4 warns)
+    # the same term twice: only the sum of the two variances is identified
     Case("the same random term twice", lambda: fit("Reaction ~ Days + (1 | Subject) + (1 | Subject)"),
-         Returns(lambda r: close_to_simple(r) and r.converged)),
+         Warns(f"{NOT_CONVERGED}.*group the rows identically",
+               lambda r: close_to_simple(r) and not_converged(r))),
     # two grouping columns with one partition: as above
     Case("two grouping columns of one partition", lambda: fit("Reaction ~ Days + (1 | Subject) + (1 | S2)",
                                                               sleep(S2=SLEEP.Subject.astype(int) * 7)),
-         Returns(lambda r: close_to_simple(r) and r.converged)),
+         Warns(r"\(1 \| Subject\) and \(1 \| S2\) group the rows identically",
+               lambda r: close_to_simple(r) and not_converged(r))),
     # a constant slope column: its variance and correlation are not identified
     Case("(1 + c | g) with c constant", lambda: fit("Reaction ~ Days + (1 + c | Subject)", sleep(c=2.0)),
-         Returns(lambda r: close_to_simple(r) and r.converged)),
-    # a zero column: the term is no term; θ̂ is its start today
+         Warns(r"\(1 \+ c \| Subject\): its columns .* are linearly dependent",
+               lambda r: close_to_simple(r) and not_converged(r))),
+    # a zero column: the term is no term
     Case("(0 + z | g) with z zero", lambda: fit("Reaction ~ Days + (0 + z | Subject)", sleep(z=0.0)),
-         Returns(lambda r: r.converged and np.allclose(np.asarray(r.params.theta), 1.0))),
+         Warns(r"\(z \| Subject\): its columns \['z'\] are linearly dependent", not_converged)),
     # a fixed factor equal to the grouping factor: the random intercepts are not identified
     Case("a fixed factor equal to the grouping factor",
-         lambda: fit("Reaction ~ Days + Subject + (1 | Subject)",
-                                                                    sleep(Subject=SUBJECT_TEXT)),
-         Returns(lambda r: r.converged and np.allclose(np.asarray(r.params.theta), 1.0))),
-    # a response of large mean: the shift-free fit is to come (today the log-likelihood moves)
+         lambda: fit("Reaction ~ Days + Subject + (1 | Subject)", sleep(Subject=SUBJECT_TEXT)),
+         Warns(r"\(1 \| Subject\) lies in the fixed effects' column space", not_converged)),
+    # a response of large mean: the fit of the unshifted response (lme4's)
     Case("response shifted by 1e8", lambda: fit(data=sleep(Reaction=SLEEP.Reaction + 1e8)),
-         Returns(lambda r: r.converged and same_slope(r, rel=1e-6))),
-    # a covariate of large mean: as above
+         Returns(lambda r: close_to_simple_shifted(r, 1e-8))),
+    # a covariate of large mean: the same model, so the same fit
     Case("covariate shifted by 1e6", lambda: fit(data=sleep(Days=SLEEP.Days + 1e6)),
-         Returns(lambda r: r.converged and same_slope(r, rel=1e-3))),
+         Returns(lambda r: close_to_simple_shifted(r, 1e-8))),
 ]
 
 CASES = FORMULAS + DATA + WEIGHTS + METHODS + NEWDATA + BATCH + FAY_HERRIOT + DEGENERATE
