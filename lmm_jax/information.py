@@ -190,8 +190,8 @@ def fit_information(result) -> tuple[Information, np.ndarray, list[dict], np.nda
                        dict(shape=model.shape, held=held))
     info = Information(*(np.asarray(m) for m in jax.device_get(info)))
     free = free_mask(held, model.shape)
-    return info, free, variance_rows(model.design, model.shape), variance_scale_map(maps, model.shape)[
-        np.ix_(free, free)]
+    t = variance_scale_map(maps, model.shape)[np.ix_(free, free)]
+    return info, free, variance_rows(model.design, model.shape), t
 
 
 def user_information(matrix: np.ndarray, t: np.ndarray) -> np.ndarray:

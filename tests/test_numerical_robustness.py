@@ -303,7 +303,8 @@ def test_variance_components_of_a_shifted_random_slope_map_from_the_plain_ones(s
     Days + 1e4 a factor diagonal (1e-4) counted as a boundary: the SEs were NaN."""
     plain, shifted = slope_shift_fits[0.0].variance_components(), slope_shift_fits[1e4].variance_components()
     c = 1e4
-    t = np.array([[1.0, c * c, -2.0 * c, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, -c, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    t = np.array([[1.0, c * c, -2.0 * c, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, -c, 1.0, 0.0],
+                  [0.0, 0.0, 0.0, 1.0]])
     np.testing.assert_allclose(shifted["estimate"], t @ plain["estimate"].to_numpy(), rtol=1e-7)
     for column in ("se_expected", "se_observed"):
         # the plain SEs alone do not give T Var T': the correlations come from the information
