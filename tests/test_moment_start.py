@@ -14,6 +14,7 @@ import lmm_jax
 from lmm_jax import moment_start
 from lmm_jax.arrays import bounded_mask
 from lmm_jax.blocked import cross_products
+from lmm_jax.conditioning import conditioned
 from lmm_jax.model import _quasi_newton_start, deviance_function, optimizer_hessian
 from lmm_jax.start_search import quasi_newton_start
 from test_sparse_schur import crossed_frame
@@ -115,7 +116,8 @@ def bfgs_starts(model, theta0):
     @jax.jit
     def starts(arrays, theta0):
         deviance = deviance_function(arrays, shape)
-        moments = moment_start.moment_start(cross_products(arrays, shape), arrays, shape, arrays.X.shape[0])
+        data = conditioned(arrays)[0]  # the fit's moments are those of the conditioned arrays
+        moments = moment_start.moment_start(cross_products(data, shape), data, shape, arrays.X.shape[0])
         return (_quasi_newton_start(deviance, arrays, shape, theta0, bounded),
                 quasi_newton_start(deviance, theta0, shape, bounded),
                 quasi_newton_start(deviance, moments, shape, bounded, search=False))

@@ -272,7 +272,7 @@ def test_random_slope_on_a_covariate_of_large_mean_reaches_the_optimum(slope_shi
     sigma = a_inv @ lam @ lam.T @ a_inv.T
     expected = np.linalg.cholesky(sigma)[[0, 1, 1], [0, 0, 1]]
     np.testing.assert_allclose(shifted.theta, expected, rtol=1e-5 if shift > 1e5 else 1e-8)
-    vc = {(row["var1"], row["var2"]): row["vcov"] for row in shifted.varcorr()}
+    vc = {(row["var1"], row["var2"]): row["vcov"] for row in shifted.varcorr().to_dict("records")}
     np.testing.assert_allclose([vc[("(Intercept)", None)], vc[("Days", None)], vc[("(Intercept)", "Days")]],
                                plain.sigma ** 2 * sigma[[0, 1, 0], [0, 1, 1]], rtol=1e-7)
     columns = ["(Intercept)", "Days"]
