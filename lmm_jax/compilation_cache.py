@@ -14,9 +14,11 @@ JAX's persistent compilation cache (`jax_compilation_cache_dir`).
   there and changes nothing else.
 
 The folder is `$LMM_JAX_CACHE_DIR`, else ~/.cache/lmm_jax; it is bounded by
-`$LMM_JAX_CACHE_MAX_MB` (default 2048): JAX's part by its own least-recently-used eviction
-(`jax_compilation_cache_max_size`), lmm_jax's stored programs by `prune_stored_programs`
-(the least recently used go first). Entries are keyed by everything they were compiled for
+`$LMM_JAX_CACHE_MAX_MB` (default 2048): whenever lmm_jax stores a program, the oldest entries,
+JAX's and lmm_jax's alike, are deleted until the folder fits (`prune_cache`). (JAX's own
+eviction, `jax_compilation_cache_max_size`, is not used: it fails on every write to a folder
+holding entries written without it, as an earlier version's folder does.) Entries are keyed
+by everything they were compiled for
 (versions of jax, jaxlib and lmm_jax's source, backend, device and CPU flags), so one folder
 serves several versions and machines. Since JAX's cache is global, it then also keeps the
 session's other JAX programs; `LMM_JAX_CACHE=0` leaves JAX's configuration untouched.
@@ -58,8 +60,6 @@ def enable_compilation_cache(folder=None) -> Path:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    # JAX's part gets half the bound, lmm_jax's stored programs the other half
-    jax.config.update("jax_compilation_cache_max_size", max_cache_bytes() // 2)
     return folder
 
 
@@ -90,12 +90,17 @@ def cache_dir() -> Path | None:
     return Path(folder) if folder else None
 
 
-def prune_stored_programs(folder: Path, max_bytes: int) -> list[Path]:
-    """Delete the least recently used stored programs of `folder` (oldest modification time:
-    `exported_programs` touches a program when it loads one) until the rest take at most
-    `max_bytes`; return the deleted paths. A file another process deletes first is skipped."""
+PROGRAMS_FOLDER = "lmm_jax_programs"  # lmm_jax's stored programs, inside the cache folder
+CACHE_ENTRIES = ("*-cache", f"{PROGRAMS_FOLDER}/*.exe")  # JAX's entries, lmm_jax's programs
+
+
+def prune_cache(folder: Path, max_bytes: int) -> list[Path]:
+    """Delete the least recently used entries of the cache `folder` (JAX's and lmm_jax's: the
+    oldest modification time first; `exported_programs` touches a program when it loads
+    one) until the rest take at most `max_bytes`; return the deleted paths. An entry another
+    process deletes first is skipped; other files are left alone."""
     entries = []
-    for path in folder.glob("*.exe"):
+    for path in (path for pattern in CACHE_ENTRIES for path in folder.glob(pattern)):
         try:
             stat = path.stat()
         except FileNotFoundError:

@@ -40,9 +40,9 @@ import jaxlib
 import numpy as np
 from jax.experimental import serialize_executable
 
-from .compilation_cache import cache_dir, max_cache_bytes, prune_stored_programs
+from .compilation_cache import PROGRAMS_FOLDER, cache_dir, max_cache_bytes, prune_cache
 
-FOLDER = "lmm_jax_programs"
+FOLDER = PROGRAMS_FOLDER
 _LOADED: dict[str, object] = {}
 
 
@@ -139,7 +139,7 @@ def _store(path: Path, compiled, out_tree) -> None:
     temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")
     temporary.write_bytes(pickle.dumps((serialized, flat_in_tree, flat_out_tree, out_tree)))
     temporary.replace(path)  # atomic: a concurrent reader sees the whole file or none
-    prune_stored_programs(path.parent, max_cache_bytes() // 2)
+    prune_cache(path.parent.parent, max_cache_bytes())
 
 
 def _read(path: Path):
@@ -152,7 +152,7 @@ def _read(path: Path):
 
         initialize_lapack()
     serialized, flat_in_tree, flat_out_tree, out_tree = pickle.loads(path.read_bytes())
-    os.utime(path)  # used now: the last to be pruned (`prune_stored_programs`)
+    os.utime(path)  # used now: the last to be pruned (`prune_cache`)
     return serialize_executable.deserialize_and_load(serialized, flat_in_tree, flat_out_tree), out_tree
 
 

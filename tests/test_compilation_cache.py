@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lmm_jax.compilation_cache import max_cache_bytes, prune_stored_programs
+from lmm_jax.compilation_cache import max_cache_bytes, prune_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT_AND_REPORT = """
@@ -63,15 +63,35 @@ def test_cache_bound_from_environment(monkeypatch):
         max_cache_bytes()
 
 
-def test_prune_deletes_least_recently_used_programs_first(tmp_path):
-    """Four 100-byte programs used at times 4, 1, 3, 2 under a 250-byte bound: the two used
-    longest ago go; other files in the folder are not the store's and stay."""
-    for name, used in zip("abcd", (4, 1, 3, 2)):
-        path = tmp_path / f"{name}.exe"
+def test_prune_deletes_least_recently_used_entries_first(tmp_path):
+    """JAX's entries and lmm_jax's programs of 100 bytes used at times 4, 1, 3, 2 under a
+    250-byte bound: the two used longest ago go; files that are no cache entries stay."""
+    programs = tmp_path / "lmm_jax_programs"
+    programs.mkdir()
+    paths = [tmp_path / "a-cache", programs / "b.exe", tmp_path / "c-cache", programs / "d.exe"]
+    for path, used in zip(paths, (4, 1, 3, 2)):
         path.write_bytes(b"x" * 100)
         os.utime(path, (used, used))
-    (tmp_path / "other.partial").write_bytes(b"y" * 1000)
-    deleted = prune_stored_programs(tmp_path, 250)
+    (programs / "other.partial").write_bytes(b"y" * 1000)
+    (tmp_path / ".lockfile").write_bytes(b"")
+    deleted = prune_cache(tmp_path, 250)
     assert sorted(p.name for p in deleted) == ["b.exe", "d.exe"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.exe", "c.exe", "other.partial"]
-    assert prune_stored_programs(tmp_path, 250) == []
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".lockfile", "a-cache", "c-cache",
+                                                                          "other.partial"]
+    assert prune_cache(tmp_path, 250) == []
+
+
+def test_a_folder_of_an_earlier_version_takes_new_entries_without_errors(tmp_path):
+    """A JAX entry written without JAX's size-bounded cache (no '-atime' file beside it, as an
+    earlier lmm_jax left its folder): new programs are written without JAX's 'Error writing
+    persistent compilation cache entry' warning."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "jit_old_program-0123abcd-cache").write_bytes(b"x" * 100)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LMM_JAX_CACHE")}
+    env.update(LMM_JAX_CACHE_DIR=str(folder),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-W", "always", "-c", FIT_AND_REPORT], env=env, capture_output=True,
+                         text=True, check=True)
+    assert "Error writing" not in out.stderr
+    assert len(list(folder.glob("*-cache"))) > 1

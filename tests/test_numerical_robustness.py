@@ -311,3 +311,35 @@ def test_variance_components_of_a_shifted_random_slope_map_from_the_plain_ones(s
         info = slope_shift_fits[0.0].fisher_information("expected" if column == "se_expected" else "observed")
         phi_cov = np.linalg.inv(info.to_numpy())[2:, 2:]
         np.testing.assert_allclose(shifted[column], np.sqrt(np.diag(t @ phi_cov @ t.T)), rtol=1e-6)
+
+
+def _huge_intercept_variance_data() -> pd.DataFrame:
+    """10 groups of 6; group SD 1e4, residual SD 1: the intercept variance is 1e8 times the
+    residual one (the data lme4 was run on below, regenerated exactly)."""
+    rng = np.random.default_rng(20261208)
+    g = np.repeat(np.arange(10), 6)
+    x = rng.normal(size=g.size)
+    y = 5 + 0.5 * x + 1e4 * rng.normal(size=10)[g] + rng.normal(size=g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"g{i}" for i in g]})
+
+
+# lme4 1.1-31 (R 4.2.2) on that data: logLik, theta, fixef, sigma. lme4 warns "degenerate
+# Hessian with 1 negative eigenvalues" for ML and nothing for REML: its finite-difference
+# Hessian (curvature ~2(k-1)/theta^2 = 4e-7 here, below checkConv's 1e-6) is noise.
+HUGE_VARIANCE_LME4 = {"REML": (-170.1939376207, 6373.264305, [-342.5086265, 0.7697711383], 0.9503292187),
+                      "ML": (-177.6050995634, 6107.578754, [-342.5085613, 0.7697711308], 0.9407782887)}
+
+
+@pytest.mark.parametrize("method", ("REML", "ML"))
+def test_intercept_variance_1e8_times_the_residual_one_reaches_lme4s_optimum(method):
+    """The criterion is flat in theta (its rounding noise is n theta^2 eps ~ 5e-7): the fit ends
+    at lme4's optimum within that noise, and says what lme4's rule says of its exact Hessian
+    (numerically singular: the variance is not determined)."""
+    loglik, theta, beta, sigma = HUGE_VARIANCE_LME4[method]
+    with pytest.warns(UserWarning, match="Hessian is numerically singular"):
+        result = lmm_jax.fit("y ~ x + (1 | g)", _huge_intercept_variance_data(), method=method)
+    assert result.loglik == pytest.approx(loglik, abs=1e-6)
+    np.testing.assert_allclose(result.theta, [theta], rtol=1e-5)
+    np.testing.assert_allclose(result.fixef.to_numpy(), beta, rtol=1e-6)
+    assert result.sigma == pytest.approx(sigma, rel=1e-6)
+    assert not result.converged
