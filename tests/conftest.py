@@ -41,6 +41,18 @@ def _compiled_programs_freed_after_each_module():
     forget_compiled_programs()
 
 
+def bodyweight_missing_cell():
+    """BodyWeight with Time cut into weeks wk (early, late, mid) and the D3 x late cell
+    removed: a factorial fixed part with a missing cell (rank deficient), as lmerTest was run."""
+    import numpy as np
+    import pandas as pd
+
+    data = lmm_jax.datasets.load("bodyweight")
+    week = np.where(data["Time"] < 22, "early", np.where(data["Time"] < 44, "mid", "late"))
+    data = data.assign(wk=pd.Categorical(week, categories=["early", "late", "mid"]))
+    return data[~((data["Diet"] == "D3") & (data["wk"] == "late"))]
+
+
 def load_case(case_id: str) -> dict:
     return json.loads((REFERENCE / f"{case_id}.json").read_text())
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import lmm_jax
+from conftest import bodyweight_missing_cell
 
 DF_RTOL = 2e-3  # lmerTest's own df are numerical (as test_small_sample)
 FIT_RTOL = 1e-5  # F carries the fits' agreement with lme4
@@ -89,12 +90,7 @@ MISSING_CELL_DEN_DF = {1: [13.01442878, 139.00676271, 139.00676271], 2: [13.0210
 
 def test_anova_types_of_a_rank_deficient_fit():
     """Types 1 and 2 use the fit's X without its dropped column, as lmerTest (lme4's X)."""
-    import pandas as pd
-
-    data = lmm_jax.datasets.load("bodyweight")
-    week = np.where(data["Time"] < 22, "early", np.where(data["Time"] < 44, "mid", "late"))
-    data = data.assign(wk=pd.Categorical(week, categories=["early", "late", "mid"]))
-    data = data[~((data["Diet"] == "D3") & (data["wk"] == "late"))]
+    data = bodyweight_missing_cell()
     with pytest.warns(UserWarning, match="rank deficient"):
         result = lmm_jax.fit("weight ~ Diet * wk + (1 | Rat)", data)
     for contrast_type in (1, 2):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import cases_of_kind
+import lmm_jax
+from conftest import bodyweight_missing_cell, cases_of_kind
 
 DF_RTOL = 2e-3  # lmerTest's own df are numerical
 FIT_RTOL = 1e-4  # F and sums of squares carry the fits' 1e-4 agreement with lme4
@@ -254,14 +255,7 @@ MISSING_CELL_ANOVA = {"F": [85.32658146, 169.14083358, 20.93378741], "DenDF": [1
 def test_type3_anova_of_a_factorial_with_a_missing_cell():
     """anova() refused a rank-deficient fixed part; lmerTest computes its type III contrasts
     on the data's own rows (a synthetic frame of all cells has no missing cell) and warns."""
-    import pandas as pd
-
-    import lmm_jax
-
-    data = lmm_jax.datasets.load("bodyweight")
-    week = np.where(data["Time"] < 22, "early", np.where(data["Time"] < 44, "mid", "late"))
-    data = data.assign(wk=pd.Categorical(week, categories=["early", "late", "mid"]))
-    data = data[~((data["Diet"] == "D3") & (data["wk"] == "late"))]
+    data = bodyweight_missing_cell()
     with pytest.warns(UserWarning, match="rank deficient"):
         result = lmm_jax.fit("weight ~ Diet * wk + (1 | Rat)", data)
     with pytest.warns(UserWarning, match="Missing cells for: Diet\\[T.D3\\]:wk\\[T.late\\]"):
